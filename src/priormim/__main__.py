@@ -1,0 +1,3 @@
+from priormim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""The ``priormim`` command line.
+
+Each sub-command lives in its own module with a ``register(subparsers)`` function that adds
+its parser and sets ``func``. User mistakes (:class:`UserError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from priormim.errors import UserError
+
+# Modules under priormim.cli that each register one or more sub-commands.
+COMMAND_MODULES = (
+    "synth",
+    "prior",
+    "segmentor",
+    "pretrain",
+    "export",
+    "demo",
+    "finetune",
+    "baseline",
+    "predict",
+    "bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="priormim", description="Prior-guided masked image modeling on X-ray images."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"priormim.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"priormim.cli.{name}":
+                continue  # not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except UserError as exc:
+        print(f"priormim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("priormim: interrupted; the last checkpoint and finished files are kept", file=sys.stderr)
+        return 130
+    return int(result or 0)

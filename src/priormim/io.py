@@ -1,0 +1,163 @@
+"""Reading and writing grey-scale X-ray images.
+
+Every reader returns ``float32`` arrays of shape ``[H, W]`` scaled to ``[0, 1]`` whatever the
+source bit depth (8-bit, 16-bit PNG/TIFF, DICOM) or channel count (RGB is averaged to grey).
+Failures raise :class:`priormim.errors.UserError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from priormim.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".dicom")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Sorted image files directly inside ``folder``.
+
+    Raises UserError if the folder is missing or holds no images.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise UserError("folder does not exist; check the path", folder)
+    if not folder.is_dir():
+        raise UserError("is not a folder; pass the folder that holds the images", folder)
+    files = sorted(p for p in folder.iterdir() if is_image_file(p))
+    if not files:
+        raise UserError(
+            f"holds no images ({', '.join(IMAGE_SUFFIXES)}); point to the folder with the image files",
+            folder,
+        )
+    return files
+
+
+def _to_unit_float(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.ndim == 3:
+        if arr.shape[-1] == 4:  # drop alpha
+            arr = arr[..., :3]
+        arr = arr.astype(np.float64).mean(axis=-1)
+    if arr.ndim != 2:
+        raise UserError(f"unsupported image shape {arr.shape}; expected a 2-D grey or RGB image", path)
+    if np.issubdtype(arr.dtype, np.bool_):
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        # 16-bit images often use only 12 bits; scale by the actual maximum in that case.
+        top = float(info.max) if info.max <= 255 else float(max(int(arr.max()), 1))
+        return (arr.astype(np.float32) - float(min(info.min, 0))) / top
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise UserError("image contains NaN or infinite values; re-export it", path)
+    lo, hi = float(arr.min()), float(arr.max())
+    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    try:
+        import pydicom
+    except ImportError as exc:  # pragma: no cover - pydicom is a dependency
+        raise UserError("reading DICOM needs pydicom; pip install pydicom", path) from exc
+    try:
+        ds = pydicom.dcmread(str(path))
+        arr = ds.pixel_array.astype(np.float32)
+    except Exception as exc:  # pydicom raises many types for broken files
+        raise UserError(f"cannot read DICOM ({type(exc).__name__}: {exc}); the file is corrupt or truncated", path) from exc
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    arr = arr * slope + intercept
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        arr = arr.max() - arr  # MONOCHROME1: bright means low signal
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        arr = arr[0]  # multi-frame: first frame
+    lo, hi = float(arr.min()), float(arr.max())
+    return ((arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)).astype(np.float32)
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """Read an image as ``float32 [H, W]`` in ``[0, 1]``."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError("file does not exist", path)
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return _read_dicom(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "PA"):
+                im = im.convert("L")
+            elif im.mode in ("I;16", "I;16B", "I;16L"):
+                arr = np.asarray(im, dtype=np.uint16)
+                return _to_unit_float(arr, path)
+            elif im.mode == "I":
+                arr = np.asarray(im, dtype=np.int64)
+                arr = np.clip(arr, 0, None).astype(np.uint32 if arr.max() > 65535 else np.uint16)
+                return _to_unit_float(arr, path)
+            elif im.mode == "F":
+                return _to_unit_float(np.asarray(im, dtype=np.float32), path)
+            elif im.mode == "1":
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except UserError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"cannot read image ({exc}); the file is corrupt, truncated or not an image", path) from exc
+    return _to_unit_float(arr, path)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a binary mask as ``bool [H, W]``; any value above half the range is foreground.
+
+    Raises UserError if the mask holds more than two distinct values (not binary).
+    """
+    path = Path(path)
+    arr = read_gray(path)
+    values = np.unique(arr)
+    if values.size > 2:
+        raise UserError(
+            f"mask is not binary ({values.size} distinct values); save it with only 0 and 255", path
+        )
+    return arr > 0.5 if values.size == 2 or values.max(initial=0) > 0.5 else np.zeros(arr.shape, dtype=bool)
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    return np.clip(np.round(np.asarray(arr, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_png(path: str | Path, arr: np.ndarray) -> None:
+    """Write a ``[H, W]`` float in ``[0, 1]``, bool or uint8 array as 8-bit grey PNG (atomically)."""
+    import io as _io
+
+    arr = np.asarray(arr)
+    img = arr if arr.dtype == np.uint8 else to_uint8(arr)
+    buf = _io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
