@@ -1,0 +1,46 @@
+"""``priormim train-segmentor``: the frozen vessel segmentor for VasoMIM's consistency loss."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-segmentor",
+        help="train the consistency segmentor on vessel-prior pseudo-labels",
+        description="Trains a small U-Net (BCE + Dice) on the vessel masks of `priormim prior vessel`; "
+        "computes missing priors first.",
+    )
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--priors", help="vessel-prior cache (default: <images>/../priors/vessel)")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--base-channels", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from priormim.io import list_images
+    from priormim.priors.cache import ensure_vessel_priors, load_prior, prior_path
+    from priormim.training.distributed import resolve_device
+    from priormim.training.pretrain import default_prior_dir
+    from priormim.training.segmentor import SegmentorTrainConfig, train_segmentor
+
+    images = Path(args.images)
+    paths = list_images(images)
+    out = Path(args.out)
+    prior_dir = Path(args.priors) if args.priors else default_prior_dir(images, out.parent, "vessel")
+    ensure_vessel_priors(images, prior_dir)
+    usable = [p for p in paths if prior_path(prior_dir, p).exists()]
+    cfg = SegmentorTrainConfig(epochs=args.epochs, img_size=args.img_size, base_channels=args.base_channels,
+                               batch_size=args.batch_size, seed=args.seed)
+    path = train_segmentor(cfg, paths=usable, prior_loader=lambda p: load_prior(prior_dir, p),
+                           out=out, device=resolve_device(args.device))
+    print(f"segmentor trained on {len(usable)} image(s) -> {path}")
+    return 0

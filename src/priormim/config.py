@@ -1,0 +1,226 @@
+"""Pretraining configuration: typed dataclasses, YAML recipes and ``key=value`` overrides.
+
+Unknown keys and wrong types are user errors with a one-line message naming the key, so a
+typo in a recipe never silently falls back to a default. The resolved config is plain data
+(``to_dict``) and is saved beside each run and inside checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from priormim.errors import UserError
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "vit_tiny_patch16_224"  # any timm ViT name
+    img_size: int = 224
+    in_chans: int = 1
+    encoder_kwargs: dict = field(default_factory=dict)  # timm overrides: patch_size, depth, ...
+    decoder_embed_dim: int = 128
+    decoder_depth: int = 2
+    decoder_num_heads: int = 4
+    norm_pix_loss: bool = True
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class MaskingConfig:
+    name: str = "random"  # random | anatomy | gaze | block | score
+    mask_ratio: float = 0.75
+    kwargs: dict = field(default_factory=dict)  # e.g. {beta_start: 0.0, beta_end: 0.5}
+
+
+@dataclass
+class ConsistencyConfig:
+    enabled: bool = False
+    weight: float = 1.0  # lambda in L = L_rec + lambda * L_cons
+    segmentor: str | None = None  # path to a trained segmentor; None: train one on the priors
+    segmentor_epochs: int = 30
+    segmentor_base_channels: int = 8
+
+
+@dataclass
+class DataConfig:
+    images: str | None = None  # folder of unlabelled images (set by --data)
+    prior: str = "vessel"  # vessel | gaze | none: the spatial prior that guides masking
+    priors: str | None = None  # prior cache folder; None: <images>/../priors/<prior>, else <out>/priors/<prior>
+    gaze: str | None = None  # gaze data root (REFLACX layout) for prior=gaze
+    norm_mean: float | None = None  # grey-level stats of this data set; None: measured
+    norm_std: float | None = None
+    crop_scale: list = field(default_factory=lambda: [0.2, 1.0])
+    hflip: bool = True
+    num_workers: int = 2
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 100
+    warmup_epochs: int = 5
+    batch_size: int = 64  # per process
+    accum_iter: int = 1
+    blr: float = 1.5e-4  # base lr; lr = blr * effective batch / 256 (MAE)
+    lr: float | None = None  # absolute lr overrides blr
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    clip_grad: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on GPU, off on CPU) | bf16 | fp16 | off
+    save_every: int = 20  # epochs between numbered checkpoints (last.ckpt every epoch)
+    log_every: int = 10  # steps between log lines
+    progress: bool = True
+    deterministic: bool = False
+    max_steps_per_epoch: int | None = None  # for smoke runs
+
+
+@dataclass
+class PretrainConfig:
+    method: str = "mae"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Return ``value`` coerced to ``tp`` where lossless (int -> float), else raise UserError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, key, source)
+            except UserError:
+                pass
+        raise UserError(f"'{key}' must be {_type_name(tp)}, got {value!r}", source)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is dict and isinstance(value, dict):
+        return value
+    if tp is list and isinstance(value, (list, tuple)):
+        return list(value)
+    raise UserError(f"'{key}' must be {_type_name(tp)}, got {value!r}", source)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _from_dict(cls: type, data: dict, prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"'{prefix or 'config'}' must be a mapping, got {data!r}", source)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(
+            f"unknown key '{prefix}{unknown[0]}' (valid: {', '.join(sorted(names))})", source
+        )
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _from_dict(tp, value, f"{prefix}{name}.", source)
+        else:
+            kwargs[name] = _check_type(value, tp, f"{prefix}{name}", source)
+    return cls(**kwargs)
+
+
+def _deep_update(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else v
+    return out
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a packaged recipe (``vasomim``, ``mae``, ...)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    packaged = PACKAGED_CONFIGS / f"{p.stem}.yaml"
+    if p.suffix in ("", ".yaml", ".yml") and packaged.exists() and len(p.parts) <= 2:
+        return packaged
+    known = ", ".join(sorted(q.stem for q in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise UserError(f"config file not found; pass a YAML path or one of: {known}", p)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["optim.lr=1e-3", "model.encoder_kwargs={depth: 2}"]`` -> nested dict (YAML values)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not KEY=VALUE (e.g. optim.epochs=10)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise UserError(f"override '{item}': cannot parse the value ({exc})") from exc
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | dict | None = None
+) -> PretrainConfig:
+    """Load a recipe (path or packaged name), apply overrides, validate keys and types."""
+    data: dict = {}
+    source = "config"
+    if path is not None:
+        p = resolve_config_path(path)
+        source = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"invalid YAML ({str(exc).splitlines()[0]})", p) from exc
+        if not isinstance(loaded, dict):
+            raise UserError("a config must be a YAML mapping", p)
+        data = loaded
+    if overrides:
+        upd = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+        data = _deep_update(data, upd)
+        source = f"{source} + overrides"
+    return _from_dict(PretrainConfig, data, "", source)
+
+
+def save_config(cfg: PretrainConfig, path: str | Path) -> None:
+    from priormim.io import atomic_write_bytes
+
+    atomic_write_bytes(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())

@@ -1,0 +1,113 @@
+"""Unlabelled images (+ optional spatial prior) for masked-image-model pretraining.
+
+One random geometry is applied to the image and its prior together (torchvision v2 treats a
+``tv_tensors.Mask`` with nearest-neighbour interpolation), so the prior used for masking
+always lines up with the crop the model sees.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from priormim.errors import UserError
+from priormim.io import read_gray
+
+log = logging.getLogger(__name__)
+
+PriorLoader = Callable[[Path], np.ndarray]
+
+
+def compute_norm_stats(paths: Sequence[Path], *, max_images: int = 256, seed: int = 0) -> tuple[float, float]:
+    """Grey-level mean and std of a data set (subsampled), for per-data-set normalisation."""
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no images to compute normalisation statistics from")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(paths), size=min(max_images, len(paths)), replace=False)
+    total = total_sq = count = 0.0
+    for i in sorted(pick):
+        try:
+            x = read_gray(paths[i]).astype(np.float64)
+        except UserError:
+            continue  # unreadable files are reported by the prior pass / loader
+        total += x.sum()
+        total_sq += (x * x).sum()
+        count += x.size
+    if count == 0:
+        raise UserError("none of the sampled images could be read", paths[0].parent)
+    mean = total / count
+    std = max((total_sq / count - mean * mean) ** 0.5, 1e-6)
+    return float(mean), float(std)
+
+
+def paired_train_transform(
+    img_size: int | tuple[int, int], *, crop_scale: Sequence[float] = (0.2, 1.0), hflip: bool = True
+) -> v2.Transform:
+    """RandomResizedCrop (+ horizontal flip) applied identically to image and prior."""
+    ops: list[v2.Transform] = [
+        v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), antialias=True)
+    ]
+    if hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    return v2.Compose(ops)
+
+
+def eval_transform(img_size: int | tuple[int, int]) -> v2.Transform:
+    return v2.Resize(img_size if isinstance(img_size, tuple) else (img_size, img_size), antialias=True)
+
+
+class PretrainDataset(Dataset):
+    """Images from a folder, each with an optional prior map.
+
+    Items are dicts: ``image`` float ``[1, S, S]`` normalised with the data set's mean/std,
+    ``prior`` float ``[1, S, S]`` (0/1 vessel map or gaze heat; zeros when there is no prior),
+    ``index`` int.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        *,
+        transform: v2.Transform,
+        norm_mean: float,
+        norm_std: float,
+        prior_loader: PriorLoader | None = None,
+    ) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self.norm_mean = norm_mean
+        self.norm_std = norm_std
+        self.prior_loader = prior_loader
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Un-augmented ``([1,H,W] image in [0,1], [1,H,W] prior)``."""
+        path = self.paths[i]
+        img = torch.from_numpy(read_gray(path))[None]
+        if self.prior_loader is not None:
+            prior = torch.from_numpy(np.asarray(self.prior_loader(path), dtype=np.float32))[None]
+            if prior.shape != img.shape:
+                raise UserError(
+                    f"prior is {tuple(prior.shape[1:])} but the image is {tuple(img.shape[1:])}; "
+                    "delete the prior cache to recompute it",
+                    path,
+                )
+        else:
+            prior = torch.zeros_like(img)
+        return img, prior
+
+    def __getitem__(self, i: int) -> dict:
+        img, prior = self.load(i)
+        img, prior = self.transform(tv_tensors.Image(img), tv_tensors.Mask(prior))
+        img = (img.as_subclass(torch.Tensor) - self.norm_mean) / self.norm_std
+        return {"image": img, "prior": prior.as_subclass(torch.Tensor).float(), "index": i}

@@ -1,0 +1,52 @@
+"""Export an encoder as safetensors with timm's key names.
+
+The file loads into timm unchanged::
+
+    timm.create_model(name, pretrained=True, in_chans=1, num_classes=0,
+                      pretrained_cfg_overlay=dict(file=PATH), **model_kwargs)
+
+and its metadata carries what a downstream run needs to rebuild and normalise inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from priormim.errors import UserError
+
+
+def export_encoder(
+    encoder: nn.Module,
+    path: str | Path,
+    *,
+    model_name: str,
+    model_kwargs: dict,
+    norm_mean: float,
+    norm_std: float,
+    method: str,
+) -> Path:
+    """Write ``encoder.state_dict()`` (timm keys, no head) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in encoder.state_dict().items()}
+    metadata = {
+        "format": "pt",
+        "priormim_model_name": model_name,
+        "priormim_model_kwargs": json.dumps(model_kwargs),
+        "priormim_norm_mean": repr(float(norm_mean)),
+        "priormim_norm_std": repr(float(norm_std)),
+        "priormim_method": method,
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write the encoder ({exc.strerror or exc})", path) from exc
+    return path
