@@ -120,6 +120,12 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
         raise UserError(f"'{key}' must be {_type_name(tp)}, got {value!r}", source)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; accept numeric strings for floats.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is bool and isinstance(value, bool):

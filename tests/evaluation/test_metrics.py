@@ -82,6 +82,7 @@ def test_channel_dim_threshold_and_tensor_input():
     probs[0, 0, 4, 4] = 0.5
     target = torch.from_numpy(TARGET_A)[None, None]
     assert dice_score(probs, target) == pytest.approx([0.5])
+    assert dice_score(probs.to(torch.bfloat16), target) == pytest.approx([0.5])  # AMP output
     # 0/255 uint8 masks work too
     assert dice_score(PRED_A.astype(np.uint8) * 255, TARGET_A) == pytest.approx([0.5])
 

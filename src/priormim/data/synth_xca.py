@@ -119,18 +119,18 @@ def _grow_tree(
     rng: np.random.Generator, *, size: int, scale: float, inside: callable
 ) -> tuple[list[_Segment], np.ndarray, float]:
     """Vessel tree segments, plus the ostium point and trunk start heading (for the catheter)."""
-    r_min = max(1.0 * scale, 0.75)  # below ~1.5 px wide a mask is not connected on the pixel grid
+    r_min = max(1.5 * scale, 0.75)  # below ~1.5 px wide a mask is not connected on the pixel grid
     root = np.array([rng.uniform(0.25, 0.75) * size, rng.uniform(0.14, 0.3) * size])
     # Trunk runs sideways-down first, then its bend and branches cover the lower field.
     heading0 = rng.uniform(-0.2, 0.9) if rng.random() < 0.5 else np.pi - rng.uniform(-0.2, 0.9)
-    r_root = max(rng.uniform(3.6, 5.0) * scale, r_min)
+    r_root = max(rng.uniform(4.0, 5.2) * scale, r_min)
     pts, rad, th = _grow_centreline(
         rng,
         start=root,
         heading=heading0,
         length=rng.uniform(0.9, 1.5) * size,
         r_start=r_root,
-        r_end=max(r_root * rng.uniform(0.35, 0.6), r_min),
+        r_end=max(r_root * rng.uniform(0.45, 0.7), r_min),
         tortuosity=rng.uniform(0.0, 0.25),
         scale=scale,
         inside=inside,
@@ -149,7 +149,7 @@ def _grow_tree(
         k = int(rng.uniform(0.08, 0.9) * len(parent.radius))
         if np.hypot(*(np.array(forks) - parent.points[k]).T).min() < 18.0 * scale:
             continue
-        r_branch = max(parent.radius[k] * rng.uniform(0.5, 0.85), r_min)
+        r_branch = max(parent.radius[k] * rng.uniform(0.6, 0.9), r_min)
         angle = rng.uniform(0.3, 1.0) * rng.choice([-1.0, 1.0])
         generation = parent.generation + 1
         pts, rad, th = _grow_centreline(
@@ -158,7 +158,7 @@ def _grow_tree(
             heading=float(parent.heading[k] + angle),
             length=rng.uniform(0.25, 0.7) * size * (0.8**generation),
             r_start=r_branch,
-            r_end=max(r_branch * rng.uniform(0.4, 0.7), r_min),
+            r_end=max(r_branch * rng.uniform(0.5, 0.8), r_min),
             tortuosity=rng.uniform(0.1, 0.5) + 0.25 * generation * rng.random(),
             scale=scale,
             inside=inside,
@@ -172,15 +172,15 @@ def _grow_tree(
 
     # Faint distal twigs: visible in the image, not annotated (like DCA1).
     labelled = [g for g in segments if len(g.radius) > 8]
-    for _ in range(int(rng.integers(3, 9))):
+    for _ in range(int(rng.integers(4, 15))):
         parent = labelled[int(rng.integers(len(labelled)))]
         k = int(rng.uniform(0.3, 1.0) * (len(parent.radius) - 1))
-        r_twig = rng.uniform(0.45, 0.8) * scale
+        r_twig = rng.uniform(0.6, 1.2) * scale
         pts, rad, th = _grow_centreline(
             rng,
             start=parent.points[k],
             heading=float(parent.heading[k] + rng.uniform(0.4, 1.2) * rng.choice([-1.0, 1.0])),
-            length=rng.uniform(0.08, 0.25) * size,
+            length=rng.uniform(0.1, 0.35) * size,
             r_start=r_twig,
             r_end=r_twig * 0.6,
             tortuosity=rng.uniform(0.2, 0.9),
@@ -326,7 +326,8 @@ def synthesize_angiogram(*, size: int = 256, seed: int | np.random.Generator = 0
 
     # Thickness in DCA1 pixels; contrast saturates for thick vessels (Beer-Lambert).
     tau = 6.0
-    vessel_dark = rng.uniform(0.2, 0.32)
+    # Contrast varies smoothly over the tree (inflow, mixing with blood, foreshortening).
+    vessel_dark = rng.uniform(0.17, 0.3) * (1.0 - rng.uniform(0.0, 0.2) * (1.0 + _smooth_field(rng, size, 3)))
     dark = vessel_dark * (1.0 - np.exp(-np.maximum(thick_lab, thick_twig) / scale / tau))
     # max, not sum: the catheter tip sits in the ostium and would otherwise make a dark blob.
     dark = np.maximum(dark, rng.uniform(0.2, 0.32) * (1.0 - np.exp(-thick_cath / scale / tau)))

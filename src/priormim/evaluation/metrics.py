@@ -53,7 +53,8 @@ SEGMENTATION_KEYS = ("dice", "cldice", "precision", "recall")
 def _as_mask_batch(x: Tensor | np.ndarray, name: str) -> np.ndarray:
     """Convert a mask to ``bool [B, H, W]`` (see module docstring for accepted shapes)."""
     if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
+        # Threshold on the device first: cheaper transfer, and numpy has no bfloat16.
+        x = (x.detach() if x.dtype == torch.bool else x.detach() > 0.5).cpu().numpy()
     x = np.asarray(x)
     if x.ndim == 2:
         x = x[None]

@@ -102,13 +102,14 @@ def gaze_guided_mask(
     relevant = top_n_random_ties(h, n_set, generator)
     # Uniform within each set: one noise draw, the other set pushed below every real key.
     u = torch.rand((B, L), generator=generator, device=h.device)
-    mask = top_n_mask(torch.where(relevant, u, -1.0), n_rel) | top_n_mask(torch.where(relevant, -1.0, u), n_irr)
+    in_rel = top_n_mask(torch.where(relevant, u, -1.0), n_rel)
+    in_irr = top_n_mask(torch.where(relevant, -1.0, u), n_irr)
+    mask = in_rel | in_irr
 
     fallback = ~(h > 0).any(dim=1)
     fallback_mask = random_mask(B, L, mask_ratio, device=h.device, generator=generator)
     mask = torch.where(fallback[:, None], fallback_mask, mask)
     relevant = relevant & ~fallback[:, None]
-    assert n_rel + n_irr == n_mask
     return GazeMaskResult(mask=mask, relevant=relevant, fallback=fallback)
 
 

@@ -78,41 +78,60 @@ def _hessian_kernels(sigma: float) -> np.ndarray:
     return np.ascontiguousarray(kernels[:, radius - r : radius + r + 1])
 
 
-def _symmetric_index(n: int, r: int, device: torch.device) -> Tensor:
-    """Indices that extend ``n`` samples by ``r`` on each side like scipy's ``reflect``
-    (``d c b a | a b c d | d c b a``), repeating the reflection when ``r >= n``."""
-    i = torch.arange(-r, n + r, device=device) % (2 * n)
-    return torch.where(i < n, i, 2 * n - 1 - i)
+def _pad_symmetric(x: Tensor, r: int, dim: int) -> Tensor:
+    """Extend ``x`` by ``r`` samples on each side of ``dim`` like scipy's ``reflect``
+    (``d c b a | a b c d | d c b a``); torch's ``F.pad(mode="reflect")`` leaves out the edge
+    sample (scipy's ``mirror``), so it cannot be used."""
+    n = x.shape[dim]
+    if r == 0:
+        return x
+    if r <= n:  # copying two flipped strips is much faster than a gather
+        head = x.narrow(dim, 0, r).flip(dim)
+        tail = x.narrow(dim, n - r, r).flip(dim)
+        return torch.cat([head, x, tail], dim=dim)
+    # Tiny images: the reflection repeats with period 2n.
+    i = torch.arange(-r, n + r, device=x.device) % (2 * n)
+    return x.index_select(dim, torch.where(i < n, i, 2 * n - 1 - i))
 
 
-def _filter_axis(x: Tensor, weights: Tensor, dim: int, groups: int) -> Tensor:
-    """Correlate ``x [N, C, H, W]`` along ``dim`` (2 = rows, 3 = columns) with 1-D
-    ``weights [C_out, K]`` (grouped like ``F.conv2d``), half-sample symmetric borders."""
-    k = weights.shape[-1]
+def _filter_axis(x: Tensor, weights: Tensor, dim: int) -> Tensor:
+    """Correlate every channel of ``x [1, H, W, C]`` (channels last) along ``dim`` (1 = rows,
+    2 = columns) with its own 1-D kernel ``weights [C, K]``, with half-sample symmetric
+    borders like scipy's ``mode="reflect"``.
+
+    Channels-last depthwise convolution: oneDNN/cuDNN vectorise it over channels, which
+    made it 3-10x faster on CPU than the same filter on ``[B, C, H, W]`` images.
+    """
+    c, k = weights.shape
     r = (k - 1) // 2
-    x = x.index_select(dim, _symmetric_index(x.shape[dim], r, x.device))
-    w = weights.view(weights.shape[0], 1, k, 1) if dim == 2 else weights.view(weights.shape[0], 1, 1, k)
-    return F.conv2d(x, w, groups=groups)
+    x = _pad_symmetric(x, r, dim)
+    w = weights.view(c, 1, k, 1) if dim == 1 else weights.view(c, 1, 1, k)
+    y = F.conv2d(x.permute(0, 3, 1, 2), w, groups=c)  # NCHW view with channels-last strides
+    return y.permute(0, 2, 3, 1)
 
 
 def _hessian(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(Hrr, Hrc, Hcc)``, each ``[B, 1, H, W]``, of ``x [B, 1, H, W]`` at scale ``sigma``.
+    """Hessian ``(Hrr, Hrc, Hcc)``, each ``[1, H, W, B]``, of ``x [1, H, W, B]`` at ``sigma``.
 
     skimage filters twice per axis with first-order kernels (G = Gaussian, D = derivative):
-    ``Hrr = Drow Drow Gcol Gcol``, ``Hrc = (Grow Drow)(Dcol Gcol)``,
-    ``Hcc = Grow Grow Dcol Dcol``. Filters along different axes commute exactly, so all
-    row passes run first and share ``Drow x``; each pass re-pads with symmetric borders
-    like scipy does, which keeps the image edges identical to skimage.
+    ``Hrr = Drow Drow Gcol Gcol``, ``Hrc = (Grow Drow)(Dcol Gcol)``, ``Hcc = Grow Grow Dcol Dcol``.
+    Filters along different axes commute exactly, so the three components run as three
+    channels per image through four depthwise passes; each pass re-pads with symmetric
+    borders like scipy does, which keeps the image edges identical to skimage.
     """
+    b = x.shape[-1]
     k = torch.as_tensor(_hessian_kernels(sigma), dtype=x.dtype, device=x.device)
-    g, d = k[0:1], k[1:2]
-    # Rows: x -> (Dx, Dx, Gx) -> (DDx, GDx, GGx).
-    rows = _filter_axis(x, torch.cat([d, d, g]), dim=2, groups=1)
-    rows = _filter_axis(rows, torch.cat([d, g, g]), dim=2, groups=3)
-    # Columns: (DD, GD, GG) -> (G, G, D) -> (G, D, D).
-    cols = _filter_axis(rows, torch.cat([g, g, d]), dim=3, groups=3)
-    cols = _filter_axis(cols, torch.cat([g, d, d]), dim=3, groups=3)
-    return cols[:, 0:1], cols[:, 1:2], cols[:, 2:3]
+    g, d = k[0], k[1]
+
+    def per_image(*kernels: Tensor) -> Tensor:  # [3B, K], channel order (image, component)
+        return torch.stack(kernels).repeat(b, 1)
+
+    h = x.repeat_interleave(3, dim=-1)  # [1, H, W, 3B]
+    h = _filter_axis(h, per_image(d, d, g), dim=1)  # rows: Dx, Dx, Gx
+    h = _filter_axis(h, per_image(d, g, g), dim=1)  # rows: DDx, GDx, GGx
+    h = _filter_axis(h, per_image(g, g, d), dim=2)  # columns
+    h = _filter_axis(h, per_image(g, d, d), dim=2)
+    return h[..., 0::3], h[..., 1::3], h[..., 2::3]
 
 
 def vesselness(
@@ -137,13 +156,15 @@ def vesselness(
     work = x if x.dtype in (torch.float32, torch.float64) else x.float()
     if not black_ridges:
         work = -work
+    b, _, h, w = work.shape
+    work = work.reshape(b, h, w).permute(1, 2, 0).unsqueeze(0).contiguous()  # [1, H, W, B]
     out = torch.zeros_like(work)
     for sigma in sig:  # a per-sigma loop: kernel lengths differ, the batch is vectorised
         hrr, hrc, hcc = _hessian(work, sigma)
         # Largest eigenvalue of [[hrr, hrc], [hrc, hcc]] (skimage's closed form).
-        lam1 = (hrr + hcc) * 0.5 + torch.sqrt(hrc * hrc + ((hrr - hcc) * 0.5) ** 2)
+        lam1 = (hrr + hcc) * 0.5 + torch.hypot(hrc, (hrr - hcc) * 0.5)
         out = torch.maximum(out, (sigma * sigma) * lam1.clamp_min(0))
-    return out.to(x.dtype)
+    return out[0].permute(2, 0, 1).reshape(b, 1, h, w).to(x.dtype).contiguous()
 
 
 def effective_border(border: int, height: int, width: int) -> int:
