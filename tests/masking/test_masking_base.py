@@ -41,10 +41,11 @@ def mae_unshuffle(x_kept: torch.Tensor, ids_restore: torch.Tensor, mask_token: t
 
 @pytest.mark.parametrize(
     "L,ratio,expected",
-    [(196, 0.75, 147), (196, 0.6, 118), (10, 0.0, 0), (10, 0.95, 10), (12, 0.6, 8), (7, 0.5, 4), (1, 0.5, 1)],
+    [(196, 0.75, 147), (196, 0.6, 118), (10, 0.0, 0), (10, 0.95, 10), (12, 0.6, 8), (7, 0.5, 4), (1, 0.5, 1), (20, 0.9, 19)],
 )
 def test_num_masked_hand_values(L, ratio, expected):
-    # 196*0.4 = 78.4 -> keep 78 -> 118; 12*0.4 = 4.8 -> keep 4 -> 8; 7*0.5 = 3.5 -> keep 3 -> 4
+    # 196*0.4 = 78.4 -> keep 78 -> 118; 12*0.4 = 4.8 -> keep 4 -> 8; 7*0.5 = 3.5 -> keep 3 -> 4;
+    # 20*(1-0.9) = 1.9999999999999996 in floating point -> keep 1 -> 19, exactly as MAE does.
     assert num_masked(L, ratio) == expected
 
 

@@ -16,7 +16,7 @@ def run_prior_gaze(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="priormim: %(message)s")
     summary = compute_gaze_priors(
-        fmt=args.format,
+        format=args.format,
         root=args.root,
         images=args.images,
         out=args.out,

@@ -471,7 +471,7 @@ def read_chestxray14(root: str | Path, split: str = "train") -> ClassificationSe
         )
     known = [n for n in listed if n in findings]
     present = [n for n in known if n in on_disk]
-    _warn_missing([n for n in known if n not in on_disk], len(known), image_dirs[0], list_path)
+    _warn_missing([n for n in known if n not in on_disk], len(known), root, list_path)
     if not present:
         raise UserError(
             f"none of the {len(listed)} images in {list_path.name} were found under {image_dirs[0]}; "

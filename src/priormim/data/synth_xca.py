@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -80,14 +81,18 @@ def _grow_centreline(
     r_end: float,
     tortuosity: float,
     scale: float,
-    inside: callable,
+    inside: Callable[[np.ndarray], np.ndarray],
+    crowded: Callable[[np.ndarray], np.ndarray] | None = None,
+    skip: float = 0.0,
     candidates: int = 6,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sample one tapering, curving centreline that stays in the field of view.
 
     ``candidates`` random paths are drawn at once (vectorised) and the one that runs longest
     inside the field is kept, cut where it leaves: vessels then sweep across the field instead
-    of being truncated at the border right after the ostium.
+    of being truncated at the border right after the ostium. Points in ``crowded`` cells (near
+    earlier vessels, ignoring the first ``skip`` px) count against a candidate, so branches
+    spread out instead of bundling along their parent.
     """
     n = max(int(length / _STEP), 2)
     s = np.arange(n) * _STEP
@@ -109,14 +114,18 @@ def _grow_centreline(
     points = start + np.concatenate([np.zeros((k, 1, 2)), np.cumsum(steps[:, :-1], axis=1)], axis=1)
     outside = ~inside(points.reshape(-1, 2)).reshape(k, n)
     cut = np.where(outside.any(axis=1), np.argmax(outside, axis=1), n)
-    best = int(np.flatnonzero(cut == cut.max())[rng.integers((cut == cut.max()).sum())])
+    score = cut.astype(np.float64) + rng.uniform(0.0, 0.5, size=k)  # random tie-break
+    if crowded is not None:
+        near = crowded(points.reshape(-1, 2)).reshape(k, n) & (s >= skip)
+        score -= 2.0 * (near & (np.arange(n) < cut[:, None])).sum(axis=1)
+    best = int(np.argmax(score))
     radius = np.linspace(r_start, r_end, n)
     c = int(cut[best])
     return points[best, :c], radius[:c], theta[best, :c]
 
 
 def _grow_tree(
-    rng: np.random.Generator, *, size: int, scale: float, inside: callable
+    rng: np.random.Generator, *, size: int, scale: float, inside: Callable[[np.ndarray], np.ndarray]
 ) -> tuple[list[_Segment], np.ndarray, float]:
     """Vessel tree segments, plus the ostium point and trunk start heading (for the catheter)."""
     r_min = max(1.5 * scale, 0.75)  # below ~1.5 px wide a mask is not connected on the pixel grid
@@ -136,6 +145,18 @@ def _grow_tree(
         inside=inside,
     )
     segments = [_Segment(pts, rad, th, 0, True)]
+    # Coarse occupancy grid of the vessels drawn so far (canonical frame = image square).
+    cell = max(8.0 * scale, 2.0)
+    occupied = np.zeros((int(size / cell) + 1,) * 2, dtype=bool)
+
+    def cells(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.clip((p / cell).astype(int), 0, occupied.shape[0] - 1)
+        return idx[:, 1], idx[:, 0]
+
+    def crowded(p: np.ndarray) -> np.ndarray:
+        return occupied[cells(p)]
+
+    occupied[cells(pts)] = True
     target_area = rng.uniform(0.035, 0.075) * size * size
     area = float(np.sum(2 * rad) * _STEP)
 
@@ -150,7 +171,7 @@ def _grow_tree(
         if np.hypot(*(np.array(forks) - parent.points[k]).T).min() < 18.0 * scale:
             continue
         r_branch = max(parent.radius[k] * rng.uniform(0.6, 0.9), r_min)
-        angle = rng.uniform(0.3, 1.0) * rng.choice([-1.0, 1.0])
+        angle = rng.uniform(0.4, 1.1) * rng.choice([-1.0, 1.0])
         generation = parent.generation + 1
         pts, rad, th = _grow_centreline(
             rng,
@@ -162,11 +183,14 @@ def _grow_tree(
             tortuosity=rng.uniform(0.1, 0.5) + 0.25 * generation * rng.random(),
             scale=scale,
             inside=inside,
+            crowded=crowded,
+            skip=parent.radius[k] + 2.0 * cell,
         )
         if len(rad) * _STEP < 10.0 * scale:
             continue
         segments.append(_Segment(pts, rad, th, generation, True))
         forks.append(parent.points[k])
+        occupied[cells(pts)] = True
         # Exclude the part hidden inside the parent from the area estimate.
         area += float(np.sum(2 * rad) * _STEP) - 2 * parent.radius[k] * r_branch
 
@@ -262,7 +286,7 @@ def _background(rng: np.random.Generator, size: int, scale: float) -> np.ndarray
     if rng.random() < 0.4:  # wedge filter / lung edge: a brighter half-plane with a sharp edge
         ang = rng.uniform(0, 2 * np.pi)
         dist = (xx - size / 2) * np.cos(ang) + (yy - size / 2) * np.sin(ang) - rng.uniform(0.15, 0.45) * size
-        bg += rng.uniform(0.1, 0.3) / (1.0 + np.exp(-dist / (1.0 * scale + 0.3)))
+        bg += rng.uniform(0.08, 0.25) / (1.0 + np.exp(-dist / (1.0 * scale + 0.3)))
     return bg
 
 
@@ -332,7 +356,7 @@ def synthesize_angiogram(*, size: int = 256, seed: int | np.random.Generator = 0
     # max, not sum: the catheter tip sits in the ostium and would otherwise make a dark blob.
     dark = np.maximum(dark, rng.uniform(0.2, 0.32) * (1.0 - np.exp(-thick_cath / scale / tau)))
 
-    img = _background(rng, size, scale) - ndi.gaussian_filter(dark, sigma=rng.uniform(0.5, 1.0) * scale)
+    img = _background(rng, size, scale) - ndi.gaussian_filter(dark, sigma=rng.uniform(0.3, 0.7) * scale)
     yy, xx = np.mgrid[0:size, 0:size]
     rr = np.hypot(xx - col_c[0], yy - col_c[1]) / col_r
     img *= 1.0 - rng.uniform(0.0, 0.2) * rr**2  # vignetting

@@ -19,6 +19,7 @@ from .base import (
     as_float,
     check_2d,
     check_mask_ratio,
+    check_non_negative,
     check_unit,
     fill_uniform,
     linear_schedule,
@@ -76,8 +77,8 @@ def anatomy_guided_mask(
     the remaining ``n_mask - k_row`` are drawn uniformly from the patches not yet chosen.
     Rows with no vessels (all zero) are fully random.
 
-    Vectorised with Gumbel-top-k (Efraimidis-Spirakis): keys ``log p - log E``,
-    ``E ~ Exp(1)``; the ``k`` largest keys are a without-replacement sample proportional to
+    Vectorised with Gumbel-top-k (Efraimidis-Spirakis): keys ``log p - log E``, i.i.d.
+    ``E ~ Exp(1)``, ``-inf`` where ``p = 0``; the ``k`` largest keys are a without-replacement sample proportional to
     ``p``. One batched ``topk(k)`` serves every row; picks with key ``-inf`` (``p = 0``) are
     dropped, which is the same as ``rank < min(k, nnz_row)``.
 
@@ -96,13 +97,15 @@ def anatomy_guided_mask(
     B, L = patch_prob.shape
     n_mask = num_masked(L, mask_ratio)
     p = as_float(patch_prob)
-    if p.numel() and not bool(((p >= 0) & torch.isfinite(p)).all()):
-        raise ValueError("patch_prob must be finite and non-negative")
+    check_non_negative("patch_prob", p)
     k = int(n_mask * beta)
     if k == 0:
         return random_mask(B, L, mask_ratio, device=p.device, generator=generator)
-    expo = torch.empty_like(p).exponential_(generator=generator)
-    keys = torch.log(p) - torch.log(expo)  # -inf where p == 0
+    # E ~ Exp(1) as -log(1 - U), U in [0, 1) (cheaper than exponential_ on CPU). The clamp
+    # keeps log E finite, so keys are -inf exactly where p == 0 (never NaN).
+    u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+    expo = u.neg_().log1p_().neg_().clamp_min_(torch.finfo(p.dtype).tiny)
+    keys = p.log().sub_(expo.log_())
     top = torch.topk(keys, k, dim=1, largest=True, sorted=False)
     guided = torch.zeros((B, L), dtype=torch.bool, device=p.device)
     guided.scatter_(1, top.indices, top.values > float("-inf"))

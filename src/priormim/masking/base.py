@@ -84,6 +84,15 @@ def as_float(x: Tensor) -> Tensor:
     return x.float()
 
 
+def check_non_negative(name: str, x: Tensor) -> None:
+    """Raise ValueError unless every entry of ``x`` is finite and >= 0 (one pass, one sync)."""
+    if x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x)  # NaN propagates into both
+    if not bool((lo >= 0) & (hi < float("inf"))):
+        raise ValueError(f"{name} must be finite and non-negative")
+
+
 def scatter_true(shape: tuple[int, int], index: Tensor, device: torch.device) -> Tensor:
     """Bool ``[B, L]`` with True at ``index`` (``[B, k]`` long) in every row."""
     out = torch.zeros(shape, dtype=torch.bool, device=device)
@@ -101,17 +110,16 @@ def top_n_mask(keys: Tensor, n: int) -> Tensor:
 def top_n_random_ties(values: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
     """Bool ``[B, L]``: the ``n`` largest ``values`` per row, ties broken uniformly at random.
 
-    A random permutation followed by a *stable* descending sort keeps equal values in random
-    order, unlike ``topk`` whose tie order is implementation-defined (all-equal rows would
-    otherwise always pick the first patches).
+    ``topk`` alone resolves ties by position (all-equal rows would always pick the same
+    patches). Running it on a per-row random permutation of the values makes that position
+    rule pick uniformly among tied patches, whatever the rule is.
     """
     B, L = values.shape
     if n == 0:
         return torch.zeros((B, L), dtype=torch.bool, device=values.device)
-    noise = torch.rand((B, L), generator=generator, device=values.device)
-    perm = torch.argsort(noise, dim=1)
-    order = torch.argsort(values.gather(1, perm), dim=1, descending=True, stable=True)
-    return scatter_true((B, L), perm.gather(1, order[:, :n]), values.device)
+    perm = torch.argsort(torch.rand((B, L), generator=generator, device=values.device), dim=1)
+    top = torch.topk(values.gather(1, perm), n, dim=1, sorted=False).indices
+    return scatter_true((B, L), perm.gather(1, top), values.device)
 
 
 def fill_uniform(chosen: Tensor, n_mask: int, generator: torch.Generator | None) -> Tensor:

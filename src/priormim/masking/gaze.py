@@ -20,6 +20,7 @@ from .base import (
     as_float,
     check_2d,
     check_mask_ratio,
+    check_non_negative,
     check_unit,
     linear_schedule,
     num_masked,
@@ -93,11 +94,9 @@ def gaze_guided_mask(
     """
     check_2d("heat", heat)
     B, L = heat.shape
-    n_mask = num_masked(L, mask_ratio)
     n_set, n_rel, n_irr = gaze_split(L, mask_ratio, q, rho)
     h = as_float(heat)
-    if h.numel() and not bool(((h >= 0) & torch.isfinite(h)).all()):
-        raise ValueError("heat must be finite and non-negative")
+    check_non_negative("heat", h)
 
     relevant = top_n_random_ties(h, n_set, generator)
     # Uniform within each set: one noise draw, the other set pushed below every real key.
@@ -106,9 +105,11 @@ def gaze_guided_mask(
     in_irr = top_n_mask(torch.where(relevant, -1.0, u), n_irr)
     mask = in_rel | in_irr
 
+    # Rows without gaze need no separate draw: with all-equal heat the relevant set is a
+    # uniformly random subset (random ties), and the whole procedure is invariant under any
+    # relabelling of the patches, so its fixed-size mask is uniform over all n_mask-subsets,
+    # i.e. exactly random masking. Only the flag and the meaningless relevant set change.
     fallback = ~(h > 0).any(dim=1)
-    fallback_mask = random_mask(B, L, mask_ratio, device=h.device, generator=generator)
-    mask = torch.where(fallback[:, None], fallback_mask, mask)
     relevant = relevant & ~fallback[:, None]
     return GazeMaskResult(mask=mask, relevant=relevant, fallback=fallback)
 

@@ -31,7 +31,7 @@ from priormim.priors.gaze import GazeRecords, gaze_heatmap_stats, read_egd, read
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GazeCacheSummary", "compute_gaze_priors", "load_gaze_prior", "MANIFEST_NAME", "FORMATS"]
+__all__ = ["GazeCacheSummary", "compute_gaze_priors", "load_gaze_prior", "gaze_prior_path", "MANIFEST_NAME", "FORMATS"]
 
 MANIFEST_NAME = "manifest.json"
 FORMATS = ("reflacx", "egd")
@@ -116,7 +116,7 @@ def _read_records(fmt: str, root: Path, sigma_px: float) -> GazeRecords:
 
 def compute_gaze_priors(
     *,
-    fmt: str,
+    format: str,  # noqa: A002 - mirrors the CLI's --format
     root: str | Path,
     images: str | Path,
     out: str | Path,
@@ -127,7 +127,7 @@ def compute_gaze_priors(
     """Compute and cache one gaze heatmap per image (see the module docstring).
 
     Args:
-        fmt: ``"reflacx"`` or ``"egd"``.
+        format: ``"reflacx"`` or ``"egd"``.
         root: the gaze dataset folder. images: folder of images named ``<dicom_id>.<ext>``.
         out: output folder (created). sigma_px: EGD-CXR Gaussian sigma in original pixels.
         overwrite: recompute every file, even if finished or made with other parameters.
@@ -137,7 +137,7 @@ def compute_gaze_priors(
     """
     from tqdm import tqdm
 
-    fmt = fmt.lower()
+    fmt = str(format).lower()
     if fmt not in FORMATS:
         raise UserError(f"unknown gaze format {fmt!r}; use one of {', '.join(FORMATS)}")
     root, images, out = Path(root), Path(images), Path(out)
@@ -234,6 +234,11 @@ def compute_gaze_priors(
     )
 
 
+def gaze_prior_path(out_dir: str | Path, image_path: str | Path) -> Path:
+    """Where the cached heatmap of ``image_path`` lives (it may not exist: no gaze data)."""
+    return Path(out_dir) / f"{Path(image_path).stem}.npy"
+
+
 def load_gaze_prior(out_dir: str | Path, image_path: str | Path, *, missing: str = "error") -> np.ndarray | None:
     """Load the cached gaze heatmap of ``image_path`` from ``out_dir``.
 
@@ -242,7 +247,7 @@ def load_gaze_prior(out_dir: str | Path, image_path: str | Path, *, missing: str
         no valid fixations (use random masking then). With ``missing="none"`` an image
         without a cached heatmap gives ``None``; with ``"error"`` (default) a UserError.
     """
-    path = Path(out_dir) / f"{Path(image_path).stem}.npy"
+    path = gaze_prior_path(out_dir, image_path)
     if not path.is_file():
         if missing == "none":
             return None

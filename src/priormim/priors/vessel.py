@@ -94,24 +94,37 @@ def _pad_symmetric(x: Tensor, r: int, dim: int) -> Tensor:
     return x.index_select(dim, torch.where(i < n, i, 2 * n - 1 - i))
 
 
-def _filter_axis(x: Tensor, weights: Tensor, dim: int) -> Tensor:
-    """Correlate every channel of ``x [1, H, W, C]`` (channels last) along ``dim`` (1 = rows,
-    2 = columns) with its own 1-D kernel ``weights [C, K]``, with half-sample symmetric
-    borders like scipy's ``mode="reflect"``.
-
-    Channels-last depthwise convolution: oneDNN/cuDNN vectorise it over channels, which
-    made it 3-10x faster on CPU than the same filter on ``[B, C, H, W]`` images.
-    """
+def _depthwise(x: Tensor, weights: Tensor, dim: int, padding: int) -> Tensor:
+    """Depthwise 1-D correlation of ``x [1, H, W, C]`` along ``dim`` with ``weights [C, K]``
+    (zero padding). Channels-last depthwise convolution is what oneDNN and cuDNN vectorise
+    best (over channels): 3-10x faster on CPU than ``[B, C, H, W]`` images."""
     c, k = weights.shape
-    r = (k - 1) // 2
-    x = _pad_symmetric(x, r, dim)
     w = weights.view(c, 1, k, 1) if dim == 1 else weights.view(c, 1, 1, k)
-    y = F.conv2d(x.permute(0, 3, 1, 2), w, groups=c)  # NCHW view with channels-last strides
-    return y.permute(0, 2, 3, 1)
+    pad = (padding, 0) if dim == 1 else (0, padding)
+    return F.conv2d(x.permute(0, 3, 1, 2), w, groups=c, padding=pad).permute(0, 2, 3, 1)
 
 
-def _hessian(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Hessian ``(Hrr, Hrc, Hcc)``, each ``[1, H, W, B]``, of ``x [1, H, W, B]`` at ``sigma``.
+def _filter_axis(x: Tensor, weights: Tensor, dim: int) -> Tensor:
+    """Correlate every channel of ``x [1, H, W, C]`` along ``dim`` (1 = rows, 2 = columns)
+    with its own 1-D kernel ``weights [C, K]``, half-sample symmetric borders like scipy's
+    ``mode="reflect"``."""
+    r = (weights.shape[1] - 1) // 2
+    n = x.shape[dim]
+    if 2 * r > n:  # tiny images: pad the whole axis
+        return _depthwise(_pad_symmetric(x, r, dim), weights, dim, padding=0)
+    # Zero-padded convolution of the whole image (no padded copy), then redo the two
+    # r-wide edge strips from small symmetric-padded slices.
+    y = _depthwise(x, weights, dim, padding=r)
+    head = _depthwise(_pad_symmetric(x.narrow(dim, 0, 2 * r), r, dim), weights, dim, padding=0)
+    tail = _depthwise(_pad_symmetric(x.narrow(dim, n - 2 * r, 2 * r), r, dim), weights, dim, padding=0)
+    y.narrow(dim, 0, r).copy_(head.narrow(dim, 0, r))
+    y.narrow(dim, n - r, r).copy_(tail.narrow(dim, r, r))
+    return y
+
+
+def _scaled_hessian(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``sigma**2`` times the Hessian ``(Hrr, Hrc, Hcc)``, each ``[1, H, W, B]``, of
+    ``x [1, H, W, B]`` at scale ``sigma``.
 
     skimage filters twice per axis with first-order kernels (G = Gaussian, D = derivative):
     ``Hrr = Drow Drow Gcol Gcol``, ``Hrc = (Grow Drow)(Dcol Gcol)``, ``Hcc = Grow Grow Dcol Dcol``.
@@ -130,7 +143,8 @@ def _hessian(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
     h = _filter_axis(h, per_image(d, d, g), dim=1)  # rows: Dx, Dx, Gx
     h = _filter_axis(h, per_image(d, g, g), dim=1)  # rows: DDx, GDx, GGx
     h = _filter_axis(h, per_image(g, g, d), dim=2)  # columns
-    h = _filter_axis(h, per_image(g, d, d), dim=2)
+    # The last pass also applies Sato's sigma**2 scale normalisation (free in the kernel).
+    h = _filter_axis(h, per_image(g, d, d) * (sigma * sigma), dim=2)
     return h[..., 0::3], h[..., 1::3], h[..., 2::3]
 
 
@@ -160,10 +174,11 @@ def vesselness(
     work = work.reshape(b, h, w).permute(1, 2, 0).unsqueeze(0).contiguous()  # [1, H, W, B]
     out = torch.zeros_like(work)
     for sigma in sig:  # a per-sigma loop: kernel lengths differ, the batch is vectorised
-        hrr, hrc, hcc = _hessian(work, sigma)
-        # Largest eigenvalue of [[hrr, hrc], [hrc, hcc]] (skimage's closed form).
-        lam1 = (hrr + hcc) * 0.5 + torch.hypot(hrc, (hrr - hcc) * 0.5)
-        out = torch.maximum(out, (sigma * sigma) * lam1.clamp_min(0))
+        hrr, hrc, hcc = _scaled_hessian(work, sigma)
+        # Largest eigenvalue of [[hrr, hrc], [hrc, hcc]] (skimage's closed form); taking the
+        # max with out >= 0 also clips negative eigenvalues to 0 as Sato does.
+        lam1 = (hrr + hcc).mul_(0.5).add_(torch.hypot(hrc, (hrr - hcc).mul_(0.5)))
+        out = torch.maximum(out, lam1)
     return out[0].permute(2, 0, 1).reshape(b, 1, h, w).to(x.dtype).contiguous()
 
 

@@ -1,0 +1,85 @@
+"""``priormim finetune seg``: vessel-segmentation fine-tuning (ViT encoder or U-Net baseline).
+
+``finetune`` has sub-commands; classification fine-tuning (``finetune_cls``) registers its own
+when that module is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def _encoder_arg(value: str) -> Path | None:
+    return None if value.lower() in ("none", "scratch", "") else Path(value)
+
+
+def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = finetune_subparsers.add_parser(
+        "seg",
+        help="vessel segmentation: ViT encoder + conv decoder, or U-Net from scratch",
+        description="Fine-tune a segmenter once per seed and report test DSC / clDice (mean ± std over seeds). "
+        "Data folders hold images/ and masks/ (binary, same names). The best epoch is chosen on a validation "
+        "split (--val, or 20%% carved from --train with a fixed seed), never on --test. Finished seeds "
+        "(seed<k>/metrics.json) are skipped when the command is re-run.",
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--train", type=Path, help="training folder (images/ + masks/)")
+    data.add_argument("--test", type=Path, help="test folder (images/ + masks/)")
+    data.add_argument("--val", type=Path, help="validation folder (default: 20%% carved from --train)")
+    data.add_argument("--data", type=Path, help="instead of --train/--test: one folder split by a fixed seeded split (split.json)")
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val(/test) split (default 0)")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", choices=("vit", "unet"), default="vit", help="vit (encoder + decoder) or unet (from scratch)")
+    model.add_argument("--encoder", type=_encoder_arg, default=None, metavar="PATH|none",
+                       help="encoder .safetensors from `priormim export`, or none for random init (default none)")
+    model.add_argument("--backbone", default="vit_tiny_patch16_224", help="timm ViT name (the encoder file's metadata overrides it)")
+    model.add_argument("--img-size", type=int, help="model input size (default: vit 224, unet 256)")
+    model.add_argument("--unet-base", type=int, default=32, help="U-Net channels at full resolution (default 32)")
+    model.add_argument("--drop-path", type=float, default=0.1, help="ViT stochastic depth (default 0.1)")
+    train = p.add_argument_group("training")
+    train.add_argument("--out", type=Path, required=True, help="output folder: seed<k>/, results.md, results.csv, split.json")
+    train.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (default: 0)")
+    train.add_argument("--epochs", type=int, default=100)
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--lr", type=float, help="peak learning rate (default: vit 3e-4, unet 1e-3)")
+    train.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: vit 0.05, unet 1e-4)")
+    train.add_argument("--layer-decay", type=float, help="ViT layer-wise lr decay (default 0.75 with --encoder, else off)")
+    train.add_argument("--warmup-epochs", type=int, default=5)
+    train.add_argument("--no-augment", action="store_true", help="disable the paired augmentation")
+    train.add_argument("--label", help="method name in the results table")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.set_defaults(func=run_seg)
+    return p
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("finetune", help="fine-tune a pretrained encoder on a downstream task")
+    finetune_subparsers = p.add_subparsers(dest="task", metavar="TASK")
+    finetune_subparsers.required = True
+    add_seg_parser(finetune_subparsers)
+    try:
+        from priormim.cli import finetune_cls
+    except ModuleNotFoundError as exc:
+        if exc.name != "priormim.cli.finetune_cls":
+            raise
+    else:
+        finetune_cls.register_finetune(finetune_subparsers)
+
+
+def run_seg(args: argparse.Namespace) -> int:
+    from priormim.training.finetune_seg import SegFinetuneConfig, finetune_segmentation
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = SegFinetuneConfig(
+        out=args.out, train=args.train, test=args.test, val=args.val, data=args.data, split_seed=args.split_seed,
+        model=args.model, encoder=args.encoder, backbone=args.backbone, img_size=args.img_size,
+        unet_base_channels=args.unet_base, drop_path=args.drop_path, seeds=tuple(args.seeds), epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
+        warmup_epochs=args.warmup_epochs, augment=not args.no_augment, label=args.label, device=args.device,
+    )
+    result = finetune_segmentation(cfg)
+    print(result.results_md.read_text(encoding="utf-8"))
+    print(f"results -> {result.results_md}, {result.results_csv}")
+    return 0

@@ -1,0 +1,815 @@
+"""Vessel-segmentation fine-tuning (ViT encoder + conv decoder, or U-Net from scratch).
+
+The protocol, the same for every method so that comparisons are fair:
+
+* images of any size are resized (bilinear, antialiased) to ``img_size x img_size`` for the
+  model, masks with nearest neighbour; logits are mapped back to each image's original size
+  (bilinear) and thresholded at 0 before scoring, so metrics are at the original resolution;
+* grey-level normalisation per data set: the encoder file's stats, else the training set's;
+* paired augmentation: one random geometry (resized crop, flips, small rotation) for image and
+  mask, intensity jitter on the image only;
+* BCE + soft Dice, AdamW (layer-wise lr decay for a pretrained ViT), cosine schedule with
+  warm-up; the best epoch is picked by Dice on a validation split (carved from the training
+  folder with a fixed seed, or ``--val``), never the test set;
+* one run per seed under ``<out>/seed<k>/`` (``metrics.json``, ``model.safetensors``,
+  ``config.json``); a seed whose ``metrics.json`` exists is skipped on re-run; ``results.md``
+  and ``results.csv`` give mean ± std over seeds.
+
+Everything is plain functions usable without the CLI: :func:`finetune_segmentation`,
+:func:`run_vesselness_baseline`, :func:`load_segmenter`, :func:`predict_logits`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from priormim.errors import UserError
+from priormim.io import atomic_write_bytes, read_gray, read_mask
+from priormim.losses.segmentation import bce_dice_loss
+from priormim.models.seg import NormStats, ViTSegmenter, create_vit_encoder, resolve_encoder_config
+from priormim.models.unet import UNet
+from priormim.training.results import ResultRow, aggregate_runs, write_results_table
+
+log = logging.getLogger(__name__)
+
+CONFIG_FORMAT = "priormim.segmenter"
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits
+
+
+def fixed_split(
+    names: Sequence[str], seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
+) -> dict[str, list[str]]:
+    """A reproducible train / val / test split of ``names``.
+
+    The sorted names are shuffled with ``seed``; val and test get ``round(n * fraction)`` names
+    (at least one each), train the rest (at least one). Each list is returned sorted.
+
+    Returns ``{"train": [...], "val": [...], "test": [...]}``.
+    """
+    names = sorted(set(names))
+    n = len(names)
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}")
+    total = float(sum(fractions))
+    n_val = max(1, round(n * fractions[1] / total))
+    n_test = max(1, round(n * fractions[2] / total))
+    if n - n_val - n_test < 1:
+        raise UserError(f"{n} images cannot be split into train / val / test; at least 3 are needed")
+    order = np.random.default_rng(seed).permutation(n)
+    shuffled = [names[i] for i in order]
+    return {
+        "train": sorted(shuffled[n_val + n_test :]),
+        "val": sorted(shuffled[:n_val]),
+        "test": sorted(shuffled[n_val : n_val + n_test]),
+    }
+
+
+def carve_validation(names: Sequence[str], *, fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Split training names into ``(train, val)``: ``round(n * fraction)`` (at least 1) for val."""
+    names = sorted(set(names))
+    if len(names) < 2:
+        raise UserError(f"only {len(names)} training image(s); a validation image is carved from them, so pass at least 2 or --val DIR")
+    n_val = min(len(names) - 1, max(1, round(len(names) * fraction)))
+    order = np.random.default_rng(seed).permutation(len(names))
+    val = sorted(names[i] for i in order[:n_val])
+    return sorted(set(names) - set(val)), val
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class SegFinetuneConfig:
+    """Everything a fine-tuning run needs; ``None`` fields get model-dependent defaults (see
+    :meth:`resolved`).
+
+    Data: either ``train`` + ``test`` folders (each with ``images/`` + ``masks/``; ``val``
+    optional, else carved from ``train``), or one ``data`` folder split by :func:`fixed_split`.
+    """
+
+    out: Path
+    train: Path | None = None
+    test: Path | None = None
+    val: Path | None = None
+    data: Path | None = None
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
+    val_fraction: float = 0.2
+    model: str = "vit"  # "vit" or "unet"
+    encoder: Path | None = None  # exported encoder (.safetensors); None = random init
+    backbone: str = "vit_tiny_patch16_224"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    decoder_base: int = 16
+    unet_base_channels: int = 32
+    img_size: int | None = None  # vit 224, unet 256
+    seeds: tuple[int, ...] = (0,)
+    epochs: int = 100
+    batch_size: int = 4
+    lr: float | None = None  # vit 3e-4, unet 1e-3
+    weight_decay: float | None = None  # vit 0.05, unet 1e-4
+    layer_decay: float | None = None  # 0.75 with a pretrained encoder, else off
+    drop_path: float = 0.1
+    warmup_epochs: int = 5
+    min_lr: float = 1e-6
+    augment: bool = True
+    device: str = "auto"
+    label: str | None = None  # method name in tables; default from model / encoder
+
+    def resolved(self) -> SegFinetuneConfig:
+        """A copy with defaults filled in and inputs checked (UserError on bad values)."""
+        if self.model not in ("vit", "unet"):
+            raise UserError(f"unknown model {self.model!r}; use 'vit' or 'unet'")
+        if self.data is None and (self.train is None or self.test is None):
+            raise UserError("pass --train DIR and --test DIR, or --data DIR to split one folder")
+        if self.data is not None and (self.train is not None or self.test is not None or self.val is not None):
+            raise UserError("pass either --data DIR or --train/--test (and --val) folders, not both")
+        if self.model == "unet" and self.encoder is not None:
+            raise UserError("--model unet trains from scratch; drop --encoder or use --model vit", self.encoder)
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UserError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if not self.seeds:
+            raise UserError("pass at least one seed")
+        vit = self.model == "vit"
+        img_size = self.img_size or (224 if vit else 256)
+        encoder_method = None
+        if vit and self.encoder is not None:
+            _, _, meta = resolve_encoder_config(self.backbone, encoder_path=self.encoder, model_kwargs=self.model_kwargs)
+            encoder_method = (meta.method if meta else None) or Path(self.encoder).stem
+        label = self.label or (
+            "U-Net (scratch)" if not vit else f"ViT ({encoder_method})" if encoder_method else "ViT (scratch)"
+        )
+        return replace(
+            self,
+            out=Path(self.out),
+            train=None if self.train is None else Path(self.train),
+            test=None if self.test is None else Path(self.test),
+            val=None if self.val is None else Path(self.val),
+            data=None if self.data is None else Path(self.data),
+            encoder=None if self.encoder is None else Path(self.encoder),
+            img_size=int(img_size),
+            seeds=tuple(int(s) for s in self.seeds),
+            lr=self.lr if self.lr is not None else (3e-4 if vit else 1e-3),
+            weight_decay=self.weight_decay if self.weight_decay is not None else (0.05 if vit else 1e-4),
+            layer_decay=self.layer_decay if self.layer_decay is not None else (0.75 if vit and self.encoder is not None else None),
+            label=label,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class SegSample:
+    """One image ``float32 [H, W]`` in [0, 1] and its mask ``bool [H, W]``."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+def read_label_mask(path: str | Path, *, max_ambiguous: float = 0.01) -> np.ndarray:
+    """Read a vessel mask as ``bool [H, W]``, tolerating a few stray grey values.
+
+    Real annotation files are sometimes almost binary (DCA1's ``train_29.png`` has 26 pixels
+    with values like 3 or 230 among 0/255); those are thresholded at half range with a logged
+    warning. More than ``max_ambiguous`` of the pixels strictly between 10% and 90% of the range
+    means the file is not a mask (UserError).
+    """
+    arr = read_gray(path)
+    ambiguous = int(((arr > 0.1) & (arr < 0.9)).sum())
+    if ambiguous > max_ambiguous * arr.size:
+        return read_mask(path)  # raises the standard "not binary" UserError
+    values = np.unique(arr)
+    if values.size > 2:
+        log.warning("%s: mask has %d distinct values; thresholded at half range (%d pixels were not 0 or max)",
+                    path, values.size, int(((arr > 0) & (arr < 1)).sum()))
+    if values.size == 1 and values[0] <= 0.5:
+        return np.zeros(arr.shape, dtype=bool)
+    return arr > 0.5
+
+
+def load_samples(pairs: Sequence[Any]) -> list[SegSample]:
+    """Read ``SegPair``-like objects (``.image``, ``.mask`` paths, ``.name``) into memory."""
+    out = []
+    for p in pairs:
+        image, mask = read_gray(p.image), read_label_mask(p.mask)
+        if image.shape != mask.shape:
+            raise UserError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}; resize the mask", p.mask)
+        out.append(SegSample(name=p.name, image=image, mask=mask))
+    return out
+
+
+def compute_norm_stats(images: Sequence[np.ndarray]) -> NormStats:
+    """Mean and std over all pixels of ``images`` (each ``[H, W]`` in [0, 1])."""
+    total = sum(im.size for im in images)
+    mean = sum(float(im.sum(dtype=np.float64)) for im in images) / total
+    var = sum(float(((im.astype(np.float64) - mean) ** 2).sum()) for im in images) / total
+    return NormStats(mean=mean, std=max(math.sqrt(var), 1e-3))
+
+
+def resize_image(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """``[B, 1, H, W]`` float -> ``[B, 1, *size]`` bilinear (antialiased when shrinking)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def resize_mask(m: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """``[B, 1, H, W]`` bool -> ``[B, 1, *size]`` bool, nearest neighbour."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(m.shape[-2:]) == size:
+        return m
+    return F.interpolate(m.float(), size=size, mode="nearest-exact") > 0.5
+
+
+def stack_resized(samples: Sequence[SegSample], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``float32 [N, 1, size, size]`` and masks ``bool [N, 1, size, size]``."""
+    images = torch.cat([resize_image(torch.from_numpy(s.image)[None, None], size) for s in samples])
+    masks = torch.cat([resize_mask(torch.from_numpy(s.mask)[None, None], size) for s in samples])
+    return images, masks
+
+
+@dataclass
+class AugmentConfig:
+    """Ranges of the random paired augmentation."""
+
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # area fraction of the resized crop
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    max_rotation_deg: float = 15.0
+    hflip: bool = True
+    vflip: bool = True
+    gamma: tuple[float, float] = (0.7, 1.5)
+    contrast: tuple[float, float] = (0.8, 1.2)
+    brightness: float = 0.1
+    noise_std: float = 0.02
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def paired_augment(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    cfg: AugmentConfig = AugmentConfig(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random geometry shared by image and mask, then intensity jitter on the image.
+
+    Args:
+        image: ``float [B, 1, H, W]`` in [0, 1].
+        mask: ``bool [B, 1, H, W]``.
+        generator: CPU generator (reproducible per seed).
+
+    Returns ``(image, mask)`` of the same shapes; the geometry is one affine map per sample
+    (resized crop, flips, rotation) applied with bilinear sampling to the image and nearest
+    to the mask.
+    """
+    b = image.shape[0]
+    g = generator
+    # Resized crop in normalised coordinates: half-widths (sw, sh) and centre (tx, ty).
+    area = _uniform(b, *cfg.crop_scale, g)
+    log_r = _uniform(b, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), g)
+    sw = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
+    sh = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+    tx = (torch.rand(b, generator=g) * 2 - 1) * (1 - sw)
+    ty = (torch.rand(b, generator=g) * 2 - 1) * (1 - sh)
+    angle = torch.deg2rad(_uniform(b, -cfg.max_rotation_deg, cfg.max_rotation_deg, g))
+    fx = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(b)
+    fy = torch.where(torch.rand(b, generator=g) < 0.5, -1.0, 1.0) if cfg.vflip else torch.ones(b)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # input = T + S @ R @ Flip @ output  (rotation in the output's square pixel frame)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = sw * cos * fx
+    theta[:, 0, 1] = -sw * sin * fy
+    theta[:, 1, 0] = sh * sin * fx
+    theta[:, 1, 1] = sh * cos * fy
+    theta[:, 0, 2], theta[:, 1, 2] = tx, ty
+    grid = F.affine_grid(theta.to(image.dtype), list(image.shape), align_corners=False).to(image.device)
+    image = F.grid_sample(image, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    mask = F.grid_sample(mask.to(image.dtype), grid, mode="nearest", padding_mode="reflection", align_corners=False) > 0.5
+
+    # Intensity: gamma, contrast around the image mean, brightness, noise (image only).
+    shape = (b, 1, 1, 1)
+    gamma = torch.exp(_uniform(b, math.log(cfg.gamma[0]), math.log(cfg.gamma[1]), g)).view(shape).to(image)
+    contrast = _uniform(b, *cfg.contrast, g).view(shape).to(image)
+    bright = _uniform(b, -cfg.brightness, cfg.brightness, g).view(shape).to(image)
+    image = image.clamp(0, 1) ** gamma
+    mean = image.mean(dim=(2, 3), keepdim=True)
+    image = (image - mean) * contrast + mean + bright
+    if cfg.noise_std > 0:
+        sigma = (torch.rand(b, generator=g) * cfg.noise_std).view(shape).to(image)
+        image = image + sigma * torch.randn(image.shape, generator=g).to(image)
+    return image.clamp(0, 1), mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+
+def build_segmenter(model_config: dict[str, Any]) -> nn.Module:
+    """Rebuild a segmenter (random weights) from a ``config.json`` dict (see :func:`model_config_for`)."""
+    arch = model_config.get("arch")
+    if arch == "unet":
+        u = model_config["unet"]
+        return UNet(base_channels=int(u["base_channels"]), levels=int(u.get("levels", 4)))
+    if arch == "vit":
+        v = model_config["vit"]
+        encoder, _ = create_vit_encoder(
+            v["name"], encoder_path=None, img_size=int(model_config["img_size"]), drop_path_rate=float(v.get("drop_path", 0.0)),
+            model_kwargs=dict(v["kwargs"]),
+        )
+        return ViTSegmenter(encoder, decoder_base=int(v.get("decoder_base", 16)))
+    raise ValueError(f"unknown segmenter arch {arch!r}")
+
+
+def create_segmenter(cfg: SegFinetuneConfig) -> tuple[nn.Module, dict[str, Any], NormStats | None]:
+    """Model for a resolved config, its ``config.json`` dict (norm filled in later) and the
+    encoder file's norm stats (None without a file)."""
+    if cfg.model == "unet":
+        model = UNet(base_channels=cfg.unet_base_channels)
+        return model, {"format": CONFIG_FORMAT, "version": 1, "arch": "unet", "img_size": cfg.img_size,
+                       "unet": {"base_channels": cfg.unet_base_channels, "levels": 4}}, None
+    kwargs = {"dynamic_img_size": True, **cfg.model_kwargs}  # any input size at inference
+    name, kwargs, _ = resolve_encoder_config(cfg.backbone, encoder_path=cfg.encoder, model_kwargs=kwargs)
+    encoder, norm = create_vit_encoder(
+        name, encoder_path=cfg.encoder, img_size=cfg.img_size, drop_path_rate=cfg.drop_path, model_kwargs=kwargs
+    )
+    model = ViTSegmenter(encoder, decoder_base=cfg.decoder_base)
+    config = {"format": CONFIG_FORMAT, "version": 1, "arch": "vit", "img_size": cfg.img_size,
+              "vit": {"name": name, "kwargs": kwargs, "decoder_base": cfg.decoder_base}}
+    return model, config, norm
+
+
+def save_segmenter(model: nn.Module, model_config: dict[str, Any], run_dir: Path) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (atomically) into ``run_dir``."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(run_dir / "model.safetensors", save(state, metadata={"format": "pt", "priormim_config": json.dumps(model_config)}))
+    atomic_write_bytes(run_dir / "config.json", json.dumps(model_config, indent=2).encode("utf-8"))
+
+
+def _pick_model_dir(path: Path) -> Path:
+    """``path`` itself if it holds config.json, else the seed folder with the best val Dice."""
+    if (path / "config.json").is_file():
+        return path
+    seeds = sorted(p for p in path.glob("seed*") if (p / "config.json").is_file() and (p / "model.safetensors").is_file())
+    if not seeds:
+        raise UserError("holds no config.json + model.safetensors (nor seed*/ folders with them); pass a finished fine-tuning run", path)
+
+    def val_dice(p: Path) -> float:
+        try:
+            return float(json.loads((p / "metrics.json").read_text())["best_val_dice"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1.0
+
+    best = max(seeds, key=val_dice)
+    if len(seeds) > 1:
+        log.info("%s: using %s (best validation Dice of %d seeds)", path, best.name, len(seeds))
+    return best
+
+
+def load_segmenter(run_dir: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Load a saved segmenter (eval mode) and its config from a run folder.
+
+    ``run_dir`` is a seed folder (``config.json`` + ``model.safetensors``) or a fine-tuning
+    output folder, in which case the seed with the best validation Dice is used.
+    """
+    from safetensors.torch import load_file
+
+    run_dir = _pick_model_dir(Path(run_dir))
+    cfg_path, weights = run_dir / "config.json", run_dir / "model.safetensors"
+    try:
+        model_config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read the model config ({exc}); re-run the fine-tuning", cfg_path) from exc
+    if not isinstance(model_config, dict) or model_config.get("format") != CONFIG_FORMAT:
+        raise UserError(f"is not a priormim segmenter config (format {CONFIG_FORMAT!r} expected)", cfg_path)
+    if not weights.is_file():
+        raise UserError("model weights are missing; re-run the fine-tuning", weights)
+    model = build_segmenter(model_config)
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except Exception as exc:
+        raise UserError(f"weights do not match config.json ({type(exc).__name__}); re-run the fine-tuning", weights) from exc
+    return model.to(device).eval(), model_config
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device {device!r}; use auto, cpu or cuda") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA GPU is available; use --device cpu or auto")
+    return dev
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    *,
+    img_size: int,
+    norm: NormStats,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+) -> list[np.ndarray]:
+    """Vessel logits at each image's original size.
+
+    Each ``[H, W]`` image in [0, 1] is resized to ``img_size`` (bilinear), normalised, run
+    through ``model``; the ``[img_size, img_size]`` logits are resized back to ``[H, W]``
+    (bilinear). Returns ``float32 [H, W]`` arrays (``> 0`` means vessel).
+    """
+    model.eval()
+    device = torch.device(device)
+    out: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        x = torch.cat([resize_image(torch.from_numpy(np.ascontiguousarray(im, dtype=np.float32))[None, None], img_size) for im in chunk])
+        x = ((x - norm.mean) / norm.std).to(device)
+        with _autocast(device):
+            logits = model(x).float().cpu()
+        for lg, im in zip(logits, chunk):
+            out.append(F.interpolate(lg[None], size=im.shape, mode="bilinear", align_corners=False)[0, 0].numpy())
+    return out
+
+
+def evaluate_samples(
+    model: nn.Module,
+    samples: Sequence[SegSample],
+    *,
+    img_size: int,
+    norm: NormStats,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Score ``model`` on ``samples`` at original resolution: ``(summary, per_image)`` as from
+    :class:`priormim.evaluation.metrics.SegmentationMeter`."""
+    from priormim.evaluation.metrics import SegmentationMeter
+
+    meter = SegmentationMeter()
+    logits = predict_logits(model, [s.image for s in samples], img_size=img_size, norm=norm, device=device, batch_size=batch_size)
+    for lg, s in zip(logits, samples):
+        meter.update(lg[None] > 0, s.mask[None], names=[s.name])
+    return meter.summary(), meter.per_image()
+
+
+def val_dice(model: nn.Module, samples: Sequence[SegSample], **kwargs: Any) -> float:
+    """Mean Dice at original resolution (no clDice: cheap enough for every epoch)."""
+    from priormim.evaluation.metrics import dice_score
+
+    logits = predict_logits(model, [s.image for s in samples], **kwargs)
+    return float(np.mean([dice_score(lg > 0, s.mask)[0] for lg, s in zip(logits, samples)]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def make_optimizer(model: nn.Module, *, lr: float, weight_decay: float, layer_decay: float | None) -> torch.optim.Optimizer:
+    """AdamW via timm; with ``layer_decay`` the lr of ViT layer ``i`` is scaled by
+    ``layer_decay ** (top - i)`` (the decoder sits in the top layer, see ViTSegmenter.group_matcher)."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay, layer_decay=layer_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int, min_lr: float):
+    """Per-step cosine schedule with linear warm-up (timm); call ``step_update(step)`` after each step."""
+    from timm.scheduler import CosineLRScheduler
+
+    base = max(g["lr"] for g in optimizer.param_groups)
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, total_steps),
+        lr_min=min(min_lr, base),
+        warmup_t=warmup_steps,
+        warmup_lr_init=min(1e-6, base),
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+
+
+@dataclass
+class SegData:
+    train: list[SegSample]
+    val: list[SegSample]
+    test: list[SegSample]
+    split: dict[str, Any]
+
+
+def prepare_data(cfg: SegFinetuneConfig) -> SegData:
+    """Read the folders and make the fixed train / val / test split (``cfg`` resolved)."""
+    from priormim.data.readers import read_segmentation_folder
+
+    if cfg.data is not None:
+        pairs = read_segmentation_folder(cfg.data, check_binary=False)
+        split = fixed_split([p.name for p in pairs], seed=cfg.split_seed, fractions=cfg.split_fractions)
+        by_name = {p.name: p for p in pairs}
+        sets = {k: [by_name[n] for n in v] for k, v in split.items()}
+        source = {"data": str(cfg.data), "split_seed": cfg.split_seed, "fractions": list(cfg.split_fractions)}
+    else:
+        train_pairs = read_segmentation_folder(cfg.train, check_binary=False)
+        test_pairs = read_segmentation_folder(cfg.test, check_binary=False)
+        if cfg.val is not None:
+            val_pairs = read_segmentation_folder(cfg.val, check_binary=False)
+        else:
+            tr, va = carve_validation([p.name for p in train_pairs], fraction=cfg.val_fraction, seed=cfg.split_seed)
+            val_pairs = [p for p in train_pairs if p.name in set(va)]
+            train_pairs = [p for p in train_pairs if p.name in set(tr)]
+        sets = {"train": train_pairs, "val": val_pairs, "test": test_pairs}
+        source = {"train": str(cfg.train), "val": str(cfg.val) if cfg.val else f"carved from train ({cfg.val_fraction:.0%}, seed {cfg.split_seed})",
+                  "test": str(cfg.test)}
+        overlap = {p.image.resolve() for p in sets["train"]} & {p.image.resolve() for p in sets["test"]}
+        if overlap:
+            raise UserError(f"{len(overlap)} test images are also training images; pass separate folders", cfg.test)
+    split = {"source": source, **{k: [p.name for p in v] for k, v in sets.items()}}
+    return SegData(train=load_samples(sets["train"]), val=load_samples(sets["val"]), test=load_samples(sets["test"]), split=split)
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path) -> dict[str, Any]:
+    """Train with ``seed``, keep the best-val-Dice epoch, score it on the test set.
+
+    Writes ``model.safetensors``, ``config.json`` then ``metrics.json`` into ``run_dir`` and
+    returns the metrics dict.
+    """
+    device = resolve_device(cfg.device)
+    gen = _seed_everything(seed)
+    model, model_config, norm = create_segmenter(cfg)
+    norm = norm or compute_norm_stats([s.image for s in data.train])
+    model_config.update(norm=norm.to_dict(), method=cfg.label)
+    model.to(device)
+
+    train_x, train_y = stack_resized(data.train, cfg.img_size)
+    bs = min(cfg.batch_size, len(data.train))
+    steps_per_epoch = len(data.train) // bs  # drop the ragged last batch (BatchNorm)
+    total = steps_per_epoch * cfg.epochs
+    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+    scheduler = make_scheduler(optimizer, total_steps=total, warmup_steps=min(cfg.warmup_epochs * steps_per_epoch, total // 5), min_lr=cfg.min_lr)
+    eval_kw = dict(img_size=cfg.img_size, norm=norm, device=device, batch_size=max(bs, 4))
+
+    best_dice, best_epoch, best_state, curve = -1.0, 0, None, []
+    step, t0 = 0, time.time()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(data.train), generator=gen)
+        losses = []
+        for i in range(steps_per_epoch):
+            idx = order[i * bs : (i + 1) * bs]
+            x, y = train_x[idx], train_y[idx]
+            if cfg.augment:
+                x, y = paired_augment(x, y, generator=gen)
+            x = ((x - norm.mean) / norm.std).to(device)
+            y = y.to(device)
+            with _autocast(device):
+                logits = model(x)
+            loss = bce_dice_loss(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            scheduler.step_update(num_updates=step)
+            losses.append(float(loss.detach()))
+        dice = val_dice(model, data.val, **eval_kw)
+        lr = max(g["lr"] for g in optimizer.param_groups)
+        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": dice, "lr": lr})
+        if dice > best_dice:  # strict: ties keep the earlier epoch
+            best_dice, best_epoch = dice, epoch
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        log.info("seed %d epoch %d/%d  loss %.4f  val DSC %.4f  (best %.4f @%d)  lr %.2e  %.0fs",
+                 seed, epoch, cfg.epochs, curve[-1]["train_loss"], dice, best_dice, best_epoch, lr, time.time() - t0)
+
+    model.load_state_dict(best_state)
+    summary, per_image = evaluate_samples(model, data.test, **eval_kw)
+    save_segmenter(model, model_config, run_dir)
+    metrics = {
+        "method": cfg.label,
+        "seed": seed,
+        "model": cfg.model,
+        "best_epoch": best_epoch,
+        "best_val_dice": best_dice,
+        "test": {"summary": summary, "per_image": per_image},
+        "val_curve": curve,
+        "norm": norm.to_dict(),
+        "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test), **data.split["source"]},
+        "config": cfg.to_dict(),
+        "train_time_s": round(time.time() - t0, 1),
+        "device": str(device),
+    }
+    atomic_write_bytes(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode("utf-8"))
+    log.info("seed %d: test DSC %.4f ± %.4f, clDice %.4f (best epoch %d) -> %s", seed, summary["dice"]["mean"],
+             summary["dice"]["std"], summary["cldice"]["mean"], best_epoch, run_dir)
+    return metrics
+
+
+@dataclass
+class SegRunResult:
+    """Outcome of :func:`finetune_segmentation`."""
+
+    out_dir: Path
+    method: str
+    run_dirs: list[Path]
+    summaries: dict[int, dict[str, dict[str, float]]]  # seed -> test summary
+    skipped_seeds: list[int]
+    rows: list[ResultRow]
+    results_md: Path
+    results_csv: Path
+
+
+def _check_split_file(out: Path, split: dict[str, Any]) -> None:
+    path = out / "split.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is not None and any(old.get(k) != split[k] for k in ("train", "val", "test")):
+            raise UserError("this output folder holds runs made with a different train/val/test split; use a new --out", path)
+    atomic_write_bytes(path, json.dumps(split, indent=2).encode("utf-8"))
+
+
+def finetune_segmentation(cfg: SegFinetuneConfig) -> SegRunResult:
+    """Fine-tune one model per seed, skipping seeds already finished, and write the tables."""
+    cfg = cfg.resolved()
+    data = prepare_data(cfg)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    _check_split_file(cfg.out, data.split)
+    log.info("%s: %d train / %d val / %d test images, img_size %d, %d epoch(s), seeds %s",
+             cfg.label, len(data.train), len(data.val), len(data.test), cfg.img_size, cfg.epochs, list(cfg.seeds))
+    run_dirs, summaries, skipped = [], {}, []
+    for seed in cfg.seeds:
+        run_dir = cfg.out / f"seed{seed}"
+        done = run_dir / "metrics.json"
+        if done.is_file():
+            metrics = json.loads(done.read_text(encoding="utf-8"))
+            log.info("seed %d already finished (%s); skipped", seed, done)
+            skipped.append(seed)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            metrics = train_one_seed(cfg, seed, data, run_dir)
+        run_dirs.append(run_dir)
+        summaries[seed] = metrics["test"]["summary"]
+    rows = aggregate_runs(run_dirs)
+    md, csv_path = write_results_table(rows, cfg.out, title=f"Vessel segmentation: {cfg.label}")
+    return SegRunResult(out_dir=cfg.out, method=cfg.label, run_dirs=run_dirs, summaries=summaries, skipped_seeds=skipped,
+                        rows=rows, results_md=md, results_csv=csv_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation of saved models and the vesselness baseline
+
+
+def evaluate_saved_model(model_dir: str | Path, test_dir: str | Path, out_dir: str | Path, *, device: str = "auto",
+                         names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Score a saved segmenter on another data set (cross-data-set transfer).
+
+    ``model_dir``: a seed folder, or a fine-tuning output folder (every ``seed*`` in it is
+    scored). Writes ``<out_dir>/<seed>/metrics.json`` (or ``<out_dir>/metrics.json`` for one
+    model) and ``results.md``/``.csv``; returns ``{"rows": [...], "run_dirs": [...]}``.
+    """
+    from priormim.data.readers import read_segmentation_folder
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    dev = resolve_device(device)
+    if (model_dir / "config.json").is_file():
+        model_dirs = [model_dir]
+    else:
+        model_dirs = sorted(p for p in model_dir.glob("seed*") if (p / "config.json").is_file())
+        if not model_dirs:
+            _pick_model_dir(model_dir)  # raises the UserError
+    pairs = read_segmentation_folder(test_dir, check_binary=False)
+    if names is not None:
+        pairs = [p for p in pairs if p.name in set(names)]
+    samples = load_samples(pairs)
+    run_dirs = []
+    for md in model_dirs:
+        model, mc = load_segmenter(md, device=dev)
+        norm = NormStats(**mc["norm"])
+        summary, per_image = evaluate_samples(model, samples, img_size=int(mc["img_size"]), norm=norm, device=dev)
+        run_dir = out_dir / md.name if len(model_dirs) > 1 else out_dir
+        seed = None
+        try:
+            seed = json.loads((md / "metrics.json").read_text())["seed"]
+        except (OSError, ValueError, KeyError):
+            pass
+        metrics = {"method": mc.get("method", md.name), "seed": seed, "model_dir": str(md), "test_dir": str(test_dir),
+                   "test": {"summary": summary, "per_image": per_image}}
+        atomic_write_bytes(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode("utf-8"))
+        log.info("%s on %s: DSC %.4f, clDice %.4f", md, test_dir, summary["dice"]["mean"], summary["cldice"]["mean"])
+        run_dirs.append(run_dir)
+    rows = aggregate_runs(run_dirs)
+    write_results_table(rows, out_dir, title=f"Vessel segmentation on {Path(test_dir).name}")
+    return {"rows": rows, "run_dirs": run_dirs}
+
+
+def baseline_mask(image: np.ndarray, *, method: str = "sato", percentile: float = 92.0, border: int = 20,
+                  sigmas: Sequence[float] = (1, 2, 3, 4), keep: str = "seeded") -> np.ndarray:
+    """Thresholded vesselness of one ``[H, W]`` image in [0, 1] -> ``bool [H, W]``.
+
+    ``sato``: :func:`priormim.priors.vessel.vessel_mask`; ``frangi``: ``skimage.filters.frangi``
+    (dark ridges) through the same percentile / border / connected-component logic.
+    """
+    from priormim.priors.vessel import threshold_vesselness, vessel_mask
+
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    if method == "sato":
+        m = vessel_mask(x, percentile=percentile, border=border, keep=keep, sigmas=sigmas)
+    elif method == "frangi":
+        from skimage.filters import frangi
+
+        resp = frangi(image.astype(np.float64), sigmas=tuple(sigmas), black_ridges=True)
+        resp = torch.from_numpy(np.nan_to_num(resp).astype(np.float32))[None, None]
+        m = threshold_vesselness(resp, percentile=percentile, border=border, keep=keep)
+    else:
+        raise UserError(f"unknown vesselness method {method!r}; use sato or frangi")
+    return m[0, 0].numpy()
+
+
+def run_vesselness_baseline(
+    test_dir: str | Path,
+    out_dir: str | Path,
+    method: str = "sato",
+    *,
+    percentile: float = 92.0,
+    border: int = 20,
+    keep: str = "seeded",
+    names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Score thresholded vesselness (no training) on ``test_dir`` (``images/`` + ``masks/``).
+
+    ``names`` restricts scoring to those images (e.g. the test part of :func:`fixed_split`).
+    Writes ``<out_dir>/metrics.json`` and ``results.md``/``.csv``; returns the metrics dict.
+    """
+    from priormim.data.readers import read_segmentation_folder
+    from priormim.evaluation.metrics import SegmentationMeter
+
+    out_dir = Path(out_dir)
+    pairs = read_segmentation_folder(test_dir, check_binary=False)
+    if names is not None:
+        wanted = set(names)
+        pairs = [p for p in pairs if p.name in wanted]
+        if not pairs:
+            raise UserError("none of the requested test images is in this folder", test_dir)
+    meter = SegmentationMeter()
+    t0 = time.time()
+    for s in load_samples(pairs):
+        pred = baseline_mask(s.image, method=method, percentile=percentile, border=border, keep=keep)
+        meter.update(pred[None], s.mask[None], names=[s.name])
+    summary = meter.summary()
+    label = f"{method.capitalize()} vesselness (p{percentile:g})"
+    metrics = {
+        "method": label,
+        "seed": None,
+        "model": f"vesselness-{method}",
+        "test": {"summary": summary, "per_image": meter.per_image()},
+        "config": {"method": method, "percentile": percentile, "border": border, "keep": keep, "test": str(test_dir),
+                   "names": list(names) if names is not None else None},
+        "time_s": round(time.time() - t0, 1),
+    }
+    atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode("utf-8"))
+    write_results_table(aggregate_runs([out_dir]), out_dir, title=f"Vessel segmentation: {label}")
+    log.info("%s on %d images: DSC %.4f ± %.4f, clDice %.4f", label, summary["dice"]["n"], summary["dice"]["mean"],
+             summary["dice"]["std"], summary["cldice"]["mean"])
+    return metrics
