@@ -120,7 +120,8 @@ def test_write_synthetic_xca_prefix_stable_and_atomic(tmp_path):
     assert len(long) == 3
     for p in short:
         for sub in ("images", "masks"):
-            assert (tmp_path / "a" / sub / p.name).read_bytes() == (tmp_path / "b" / sub / p.name).read_bytes()
+            a, b = tmp_path / "a" / sub / p.name, tmp_path / "b" / sub / p.name
+            assert a.read_bytes() == b.read_bytes()
     # Image i is synthesize_angiogram with the (seed, i) generator; files are real 8-bit PNGs.
     ref = synthesize_angiogram(size=48, seed=np.random.default_rng([5, 2]))
     with Image.open(long[2]) as im:

@@ -183,3 +183,16 @@ def test_anatomy_input_errors(bad, match):
 def test_anatomy_rejects_bad_beta():
     with pytest.raises(ValueError, match="beta"):
         anatomy_guided_mask(torch.ones(1, 4), 0.5, 1.5)
+
+
+def test_scale_free_and_dtypes():
+    # Only ratios within a row matter: a power-of-two rescale (exact in float) gives the same
+    # draw, and bool / half inputs are accepted.
+    p = torch.rand(16, 49, generator=torch.Generator().manual_seed(5))
+    p = p * (p > 0.6)
+    a = anatomy_guided_mask(p, 0.75, 0.5, generator=torch.Generator().manual_seed(6))
+    b = anatomy_guided_mask(p * 2.0**-100, 0.75, 0.5, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b)
+    n = num_masked(49, 0.75)
+    for x in (p > 0, p.half(), p.double()):
+        assert anatomy_guided_mask(x, 0.75, 1.0).sum(1).eq(n).all()

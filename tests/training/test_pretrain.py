@@ -84,12 +84,13 @@ def test_truncated_last_checkpoint_falls_back(tiny_xca, tmp_path):
 
 
 def test_vasomim_run_guides_masking_and_uses_consistency(tiny_xca, tmp_path):
-    cfg = _cfg("vasomim", tiny_xca / "images", "optim.epochs=2", "masking.kwargs={beta_start: 1.0, beta_end: 1.0}")
+    cfg = _cfg("vasomim", tiny_xca / "images", "optim.epochs=2", "masking.mask_ratio=0.25",
+               "masking.kwargs={beta_start: 1.0, beta_end: 1.0}")
     res = pretrain(cfg, tmp_path / "v")
     h = res.history[-1]
     assert "loss_cons" in h and h["loss_cons"] > 0
     assert h["beta"] == 1.0
-    mae = pretrain(_cfg("mae", tiny_xca / "images", "optim.epochs=2"), tmp_path / "m")
+    mae = pretrain(_cfg("mae", tiny_xca / "images", "optim.epochs=2", "masking.mask_ratio=0.25"), tmp_path / "m")
     # with beta = 1 most masked patches are vessel patches; random masking hits far fewer
     assert h["masked_vessel_share"] > mae.history[-1]["masked_vessel_share"] + 0.1
     assert (tmp_path / "v" / "segmentor.safetensors").exists()

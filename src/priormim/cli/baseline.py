@@ -13,9 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.required = True
     v = sub.add_parser(
         "vesselness",
-        help="thresholded vesselness (Sato or Frangi) + largest seeded vessel tree",
+        help="thresholded vesselness (Sato or Frangi), no training",
         description="Segment vessels by thresholding a vesselness filter at a per-image percentile, clearing a "
-        "border frame and keeping the connected component at the strongest response; scored with the same "
+        "border frame and optionally keeping only some connected components; scored with the same "
         "metrics and written in the same metrics.json / results.md format as `priormim finetune seg`.",
     )
     v.add_argument("--test", type=Path, help="folder with images/ + masks/")
@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--method", choices=("sato", "frangi"), default="sato")
     v.add_argument("--percentile", type=float, default=92.0, help="threshold percentile of the response (default 92)")
     v.add_argument("--border", type=int, default=20, help="border frame cleared, in pixels (default 20)")
+    v.add_argument("--keep", choices=("all", "largest", "seeded"), default="all",
+                   help="connected components kept (default all; seeded often picks the collimator edge)")
     v.add_argument("--out", type=Path, help="output folder (default: ./baseline_<method>)")
     v.set_defaults(func=run)
 
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
         folder = args.data
         names = fixed_split([p.name for p in read_segmentation_folder(folder, check_binary=False)], seed=args.split_seed)["test"]
-    metrics = run_vesselness_baseline(folder, out, args.method, percentile=args.percentile, border=args.border, names=names)
+    metrics = run_vesselness_baseline(folder, out, args.method, percentile=args.percentile, border=args.border,
+                                      keep=args.keep, names=names)
     s = metrics["test"]["summary"]
     print(f"{metrics['method']}: DSC {s['dice']['mean']:.4f} ± {s['dice']['std']:.4f}, clDice {s['cldice']['mean']:.4f} "
           f"± {s['cldice']['std']:.4f} on {s['dice']['n']} images -> {out / 'metrics.json'}")

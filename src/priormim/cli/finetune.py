@@ -48,6 +48,7 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
     train.add_argument("--layer-decay", type=float, help="ViT layer-wise lr decay (default 0.75 with --encoder, else off)")
     train.add_argument("--warmup-epochs", type=int, default=5)
     train.add_argument("--no-augment", action="store_true", help="disable the paired augmentation")
+    train.add_argument("--train-crop", type=int, help="unet only: train on random windows of this size (faster on CPU)")
     train.add_argument("--label", help="method name in the results table")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=run_seg)
@@ -77,7 +78,7 @@ def run_seg(args: argparse.Namespace) -> int:
         model=args.model, encoder=args.encoder, backbone=args.backbone, img_size=args.img_size,
         unet_base_channels=args.unet_base, drop_path=args.drop_path, seeds=tuple(args.seeds), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
-        warmup_epochs=args.warmup_epochs, augment=not args.no_augment, label=args.label, device=args.device,
+        warmup_epochs=args.warmup_epochs, augment=not args.no_augment, train_crop=args.train_crop, label=args.label, device=args.device,
     )
     result = finetune_segmentation(cfg)
     print(result.results_md.read_text(encoding="utf-8"))

@@ -15,7 +15,7 @@ import numpy as np
 from priormim.io import read_mask
 
 
-def _positive_int(minimum: int):
+def _int_at_least(minimum: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -61,9 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     xca.add_argument("--out", required=True, help="output folder (created; files are overwritten)")
-    xca.add_argument("--n", type=_positive_int(1), default=64, help="number of images (default 64)")
-    xca.add_argument("--size", type=_positive_int(32), default=256, help="side length in pixels (default 256)")
-    xca.add_argument("--seed", type=_positive_int(0), default=0, help="random seed (default 0)")
+    xca.add_argument("--n", type=_int_at_least(1), default=64, help="number of images (default 64)")
+    xca.add_argument(
+        "--size", type=_int_at_least(32), default=256, help="side length in pixels (default 256)"
+    )
+    xca.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
     xca.set_defaults(func=_run_xca)
 
     # import_module, not "from priormim.cli import synth_cxr": the latter raises a plain

@@ -22,7 +22,7 @@ from priormim.io import read_gray
 
 log = logging.getLogger(__name__)
 
-PriorLoader = Callable[[Path], np.ndarray]
+PriorLoader = Callable[[Path], "np.ndarray | None"]
 
 
 def compute_norm_stats(paths: Sequence[Path], *, max_images: int = 256, seed: int = 0) -> tuple[float, float]:
@@ -94,8 +94,9 @@ class PretrainDataset(Dataset):
         """Un-augmented ``([1,H,W] image in [0,1], [1,H,W] prior)``."""
         path = self.paths[i]
         img = torch.from_numpy(read_gray(path))[None]
-        if self.prior_loader is not None:
-            prior = torch.from_numpy(np.asarray(self.prior_loader(path), dtype=np.float32))[None]
+        loaded = self.prior_loader(path) if self.prior_loader is not None else None
+        if loaded is not None:  # None: no prior for this image (e.g. no gaze); masking falls back to random
+            prior = torch.from_numpy(np.asarray(loaded, dtype=np.float32))[None]
             if prior.shape != img.shape:
                 raise UserError(
                     f"prior is {tuple(prior.shape[1:])} but the image is {tuple(img.shape[1:])}; "

@@ -133,6 +133,13 @@ class _Anatomy:
     heart_c: tuple[float, float]
     heart_ax: tuple[float, float]
     hilum_v: float
+    pose: tuple[float, float, float, float, float] = (1.0, 0.0, 1.0, 0.0, 0.0)  # cos, sin, scale, shift u, v
+
+    def to_image(self, p: np.ndarray) -> np.ndarray:
+        """Anatomy ``(u, v)`` points ``[K, 2]`` -> normalised image ``(x, y)`` (undo the pose)."""
+        ca, sa, scale, su, sv = self.pose
+        qu, qv = (p[:, 0] - 0.5 - su) * scale, (p[:, 1] - 0.5 - sv) * scale
+        return np.stack([ca * qu + sa * qv + 0.5, -sa * qu + ca * qv + 0.5], axis=1)
 
     def top(self, d: np.ndarray, s: int) -> np.ndarray:
         return self.apex[s] + 1.6 * (d - 0.2) ** 2
@@ -231,15 +238,39 @@ def _bones(u: np.ndarray, v: np.ndarray, an: _Anatomy, rng: np.random.Generator,
     return bone
 
 
+def _heart(an: _Anatomy, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Soft heart mask: a tilted ellipse resting on the diaphragm, more to the patient's left."""
+    cu, cv = u - an.heart_c[0], v - an.heart_c[1]
+    t = np.deg2rad(-28)
+    ru, rv = np.cos(t) * cu - np.sin(t) * cv, np.sin(t) * cu + np.cos(t) * cv
+    return _sig(1.0 - np.sqrt((ru / an.heart_ax[0]) ** 2 + (rv / an.heart_ax[1]) ** 2), 0.04)
+
+
+def _pick_in_lung(rng: np.random.Generator, an: _Anatomy, side: int) -> tuple[float, float]:
+    """A lesion centre well inside lung ``side`` and clear of the heart, in (u, v).
+
+    Chosen on a fixed 64 x 64 grid (plus jitter) so it does not depend on the image size.
+    """
+    g = ((np.arange(64) + 0.5) / 64).astype(np.float32)
+    gu, gv = np.meshgrid(g, g)
+    free = _lung_masks(an, gu, gv, 0.004)[side] * (1.0 - _heart(an, gu, gv))
+    ok = np.flatnonzero(free.ravel() > 0.95)
+    i = int(ok[rng.integers(ok.size)]) if ok.size else int(free.argmax())
+    jitter = rng.uniform(-0.5, 0.5, 2) / 64
+    return float(gu.flat[i] + jitter[0]), float(gv.flat[i] + jitter[1])
+
+
 def _render(
     rng: np.random.Generator, size: int, lesion: str
 ) -> tuple[np.ndarray, np.ndarray, _Anatomy, np.ndarray, tuple[float, float, float]]:
     """Render the image. Returns (image float32 [H, W] in [0, 1], lesion mask, anatomy,
-    lung masks [2, H, W], lesion (u, v, radius) in normalised coordinates)."""
+    lung masks [2, H, W], lesion (u, v, radius) in anatomy coordinates)."""
     f32 = np.float32
     px = 1.0 / size
     e = max(0.003, 0.6 * px)  # edge softness: sharp at any size, never aliased
     # Small global pose change: shift, scale, rotation (image -> anatomy coordinates).
+    # Pixel noise has its own stream, so the anatomy and lesion do not depend on ``size``.
+    noise_rng = np.random.default_rng(rng.integers(0, 2**63))
     ang = np.deg2rad(rng.normal(0, 1.5))
     scale = rng.uniform(0.94, 1.05)
     shift = rng.normal(0, 0.012, 2)
@@ -248,13 +279,6 @@ def _render(
     gu, gv = np.meshgrid(g, g)
     u = ((ca * gu - sa * gv) / scale + 0.5 + shift[0]).astype(f32)
     v = ((sa * gu + ca * gv) / scale + 0.5 + shift[1]).astype(f32)
-
-    def to_px(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Anatomy (u, v) points [K, 2] -> nearest pixel (col, row)."""
-        qu, qv = (p[:, 0] - 0.5 - shift[0]) * scale, (p[:, 1] - 0.5 - shift[1]) * scale
-        x = ca * qu + sa * qv + 0.5
-        y = -sa * qu + ca * qv + 0.5
-        return np.floor(x * size).astype(np.int64), np.floor(y * size).astype(np.int64)
 
     an = _Anatomy(
         apex=rng.uniform(0.09, 0.14) + rng.normal(0, 0.006, 2),
@@ -265,7 +289,14 @@ def _render(
         heart_c=(0.5 + rng.uniform(0.05, 0.08), rng.uniform(0.60, 0.65)),
         heart_ax=(rng.uniform(0.17, 0.21), rng.uniform(0.12, 0.15)),
         hilum_v=rng.uniform(0.38, 0.44),
+        pose=(float(ca), float(sa), float(scale), float(shift[0]), float(shift[1])),
     )
+
+    def to_px(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Anatomy (u, v) points [K, 2] -> nearest pixel (col, row)."""
+        xy = np.floor(an.to_image(p) * size).astype(np.int64)
+        return xy[:, 0], xy[:, 1]
+
     for name in ("apex", "dome", "dome_k", "lat"):  # float32 scalars keep the maps float32
         setattr(an, name, getattr(an, name).astype(f32))
     d_abs = np.abs(u - 0.5)
@@ -275,10 +306,7 @@ def _render(
     body = _sig(v - shoulder, 0.012) * _sig(0.53 - d_abs, 0.01)
     lungs = _lung_masks(an, u, v, e)
     # Heart: a tilted ellipse resting on the diaphragm, more to the patient's left.
-    cu, cv = u - an.heart_c[0], v - an.heart_c[1]
-    t = np.deg2rad(-28)
-    ru, rv = np.cos(t) * cu - np.sin(t) * cv, np.sin(t) * cu + np.cos(t) * cv
-    heart = _sig(1.0 - np.sqrt((ru / an.heart_ax[0]) ** 2 + (rv / an.heart_ax[1]) ** 2), 0.04)
+    heart = _heart(an, u, v)
     lung = np.clip(lungs.sum(0), 0, 1) * (1.0 - 0.9 * heart)
 
     # Mediastinum (wider at the aortic arch), spine, trachea and main bronchi.
@@ -298,7 +326,7 @@ def _render(
 
     bone = _bones(u, v, an, rng, e)
     ves = _vessels(rng, an, size, to_px)
-    texture = gaussian_filter(rng.standard_normal((size, size)).astype(f32), 1.0 * size / 128)
+    texture = gaussian_filter(noise_rng.standard_normal((size, size)).astype(f32), 1.0 * size / 128)
     texture /= texture.std() + 1e-6
 
     # Attenuation (bright = dense). Lungs are darkest upper-laterally and brighten towards
@@ -333,7 +361,7 @@ def _render(
             cp_v = an.bottom(an.lat[side], side)
             h = rng.uniform(0.07, 0.18)
             level = cp_v - h - 0.5 * h * np.clip((d - 0.1) / (an.lat[side] - 0.1), 0, 1) ** 3
-            fluid = _sig(v - level, 0.012) * lungs[side]
+            fluid = _sig(v - level, 0.012) * free  # fluid behind the heart does not show
             att += rng.uniform(0.45, 0.8) * depth * fluid * body
             mask = fluid > 0.5
             ys, xs = np.nonzero(mask)
@@ -341,10 +369,7 @@ def _render(
                 uv = np.stack([u[ys, xs], v[ys, xs]], 1).mean(0)
                 center = (float(uv[0]), float(uv[1]), float(np.sqrt(mask.mean() / np.pi)))
         else:
-            ok = np.flatnonzero(free.ravel() > 0.95)  # centre well inside the lung
-            i = ok[rng.integers(ok.size)] if ok.size else int(free.argmax())
-            cy, cx = divmod(int(i), size)
-            cu0, cv0 = float(u[cy, cx]), float(v[cy, cx])
+            cu0, cv0 = _pick_in_lung(rng, an, side)
             if lesion == "nodule":
                 r = rng.uniform(0.012, 0.028)
                 prof = _sig(r - np.hypot(u - cu0, v - cv0), 0.3 * r)
@@ -372,7 +397,7 @@ def _render(
     lo, hi = rng.uniform(-0.03, 0.05), rng.uniform(0.8, 0.95)
     img = np.clip((att - lo) / (hi - lo), 0, 1) ** rng.uniform(0.85, 1.25)
     img *= 1.0 - rng.uniform(0.0, 0.15) * ((u - 0.5) ** 2 + (v - 0.45) ** 2) * 2
-    img += rng.standard_normal((size, size)).astype(f32) * rng.uniform(0.008, 0.02) * np.sqrt(0.3 + img)
+    img += noise_rng.standard_normal((size, size)).astype(f32) * rng.uniform(0.008, 0.02) * np.sqrt(0.3 + img)
     return np.clip(img, 0, 1).astype(f32), mask, an, lungs, center
 
 # --------------------------------------------------------------------------------------
@@ -406,7 +431,7 @@ def _scan_path(
         zoomed.append(np.full(len(p), zoom))
 
     def short(k: int) -> np.ndarray:
-        return np.clip(rng.gamma(9.0, 0.028, k), 0.1, 0.6)  # mean ~250 ms
+        return np.clip(rng.gamma(9.0, 0.028, k), 0.1, 0.5)  # mean ~250 ms
 
     # Overview near the centre.
     k = int(rng.integers(1, 4))
@@ -431,7 +456,8 @@ def _scan_path(
     for s, sign in enumerate((-1.0, 1.0)):
         if rng.random() < 0.8:
             d = an.lat[s] - 0.05
-            add(np.array([[0.5 + sign * d, an.dome[s] + an.dome_k[s] * (d - 0.17) ** 2 - 0.03]]) + rng.normal(0, 0.015, (1, 2)), short(1))
+            angle = np.array([[0.5 + sign * d, an.bottom(d, s) - 0.03]])
+            add(angle + rng.normal(0, 0.015, (1, 2)), short(1))
     if lesion != "none":
         if not cluster_done:
             _lesion_cluster(rng, center, add, zoom_on_lesion, revisit=False)
@@ -440,7 +466,7 @@ def _scan_path(
     if rng.random() < 0.3:  # a glance off the image (dropped by the reader, as in real data)
         add(np.array([[rng.choice([-0.03, 1.03]), rng.uniform(0.2, 0.8)]]), short(1))
 
-    p = np.concatenate(pts)
+    p = an.to_image(np.concatenate(pts))  # the sweep is planned on the anatomy
     dur = np.round(np.concatenate(durs), 3)
     zoom = np.concatenate(zoomed)
     n = len(p)
@@ -461,8 +487,9 @@ def _scan_path(
     ppd_n = np.full(n, ppd)
     if zoom.any():
         half = orig / z / 2
-        cx = np.clip(center[0] * orig, half, orig - half)
-        cy = np.clip(center[1] * orig, half, orig - half)
+        c_img = an.to_image(np.array([center[:2]]))[0] * orig
+        cx = np.clip(c_img[0], half, orig - half)
+        cy = np.clip(c_img[1], half, orig - half)
         box[zoom] = np.round([cx - half, cy - half, cx + half, cy + half])
         ppd_n[zoom] = ppd / z
         xy[zoom] = np.clip(xy[zoom], box[zoom, :2], box[zoom, 2:] - 1)

@@ -77,10 +77,11 @@ def anatomy_guided_mask(
     the remaining ``n_mask - k_row`` are drawn uniformly from the patches not yet chosen.
     Rows with no vessels (all zero) are fully random.
 
-    Vectorised with Gumbel-top-k (Efraimidis-Spirakis): keys ``log p - log E``, i.i.d.
-    ``E ~ Exp(1)``, ``-inf`` where ``p = 0``; the ``k`` largest keys are a without-replacement sample proportional to
-    ``p``. One batched ``topk(k)`` serves every row; picks with key ``-inf`` (``p = 0``) are
-    dropped, which is the same as ``rank < min(k, nnz_row)``.
+    Vectorised with Gumbel-top-k / Efraimidis-Spirakis: with i.i.d. ``E ~ Exp(1)`` the ``k``
+    smallest ``E / p`` (equivalently the ``k`` largest Gumbel keys ``log p - log E``) are a
+    sequential without-replacement sample proportional to ``p``. One batched ``topk(k)``
+    serves every row; picks with ``p = 0`` (ratio ``+inf``) are dropped, which is the same
+    as ``rank < min(k, nnz_row)``.
 
     Args:
         patch_prob: float ``[B, L]``, non-negative; each row is a vessel share (rows need not
@@ -101,14 +102,20 @@ def anatomy_guided_mask(
     k = int(n_mask * beta)
     if k == 0:
         return random_mask(B, L, mask_ratio, device=p.device, generator=generator)
-    # E ~ Exp(1) as -log(1 - U), U in [0, 1) (cheaper than exponential_ on CPU). The clamp
-    # keeps log E finite, so keys are -inf exactly where p == 0 (never NaN).
-    u = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
-    expo = u.neg_().log1p_().neg_().clamp_min_(torch.finfo(p.dtype).tiny)
-    keys = p.log().sub_(expo.log_())
-    top = torch.topk(keys, k, dim=1, largest=True, sorted=False)
+    # Efraimidis-Spirakis in ratio form: the k smallest E / p, E ~ Exp(1), are a sequential
+    # draw without replacement proportional to p (same order as the Gumbel keys log p - log E,
+    # but no log of zeros, which is slow on CPU). E = -log(1 - U) with U in [0, 1), clamped
+    # above 0 so that p == 0 gives exactly +inf (never 0 / 0). Scaling p by its row maximum
+    # makes the draw scale-free: only shares below ~1e-38 of the row's largest one could
+    # overflow to inf and be treated as zero.
+    tiny = torch.finfo(p.dtype).tiny
+    expo = torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+    expo = expo.neg_().log1p_().neg_().clamp_min_(tiny)
+    ratio = expo.div_(p / p.amax(dim=1, keepdim=True).clamp_min(tiny))
+    top = torch.topk(ratio, k, dim=1, largest=False, sorted=False)
     guided = torch.zeros((B, L), dtype=torch.bool, device=p.device)
-    guided.scatter_(1, top.indices, top.values > float("-inf"))
+    # Keep only finite picks (p > 0): per row that is rank < k_row = min(k, nnz).
+    guided.scatter_(1, top.indices, top.values < float("inf"))
     return fill_uniform(guided, n_mask, generator)
 
 
@@ -138,9 +145,14 @@ class AnatomyGuidedMasking(MaskingStrategy):
         prior = ctx.checked_prior()
         if prior is None:
             return random_mask(
-                ctx.batch_size, ctx.num_patches, self.mask_ratio, device=ctx.device, generator=ctx.generator
+                ctx.batch_size,
+                ctx.num_patches,
+                self.mask_ratio,
+                device=ctx.device,
+                generator=ctx.generator,
             )
-        return anatomy_guided_mask(prior, self.mask_ratio, self.beta(ctx.progress), generator=ctx.generator)
+        beta = self.beta(ctx.progress)
+        return anatomy_guided_mask(prior, self.mask_ratio, beta, generator=ctx.generator)
 
     def state(self, ctx: MaskingContext) -> dict[str, float]:
         return {"beta": self.beta(ctx.progress)}

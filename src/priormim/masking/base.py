@@ -111,22 +111,24 @@ def top_n_random_ties(values: Tensor, n: int, generator: torch.Generator | None)
     """Bool ``[B, L]``: the ``n`` largest ``values`` per row, ties broken uniformly at random.
 
     ``topk`` alone resolves ties by position (all-equal rows would always pick the same
-    patches). Running it on a per-row random permutation of the values makes that position
-    rule pick uniformly among tied patches, whatever the rule is.
+    patches). Instead: ``t`` = the n-th largest value per row; every patch above ``t`` is
+    taken and the remaining slots go to uniformly random patches equal to ``t``.
     """
     B, L = values.shape
     if n == 0:
         return torch.zeros((B, L), dtype=torch.bool, device=values.device)
-    perm = torch.argsort(torch.rand((B, L), generator=generator, device=values.device), dim=1)
-    top = torch.topk(values.gather(1, perm), n, dim=1, sorted=False).indices
-    return scatter_true((B, L), perm.gather(1, top), values.device)
+    t = torch.topk(values, n, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+    u = torch.rand((B, L), generator=generator, device=values.device)
+    # Above t: 2 (always in), equal to t: u in [0, 1) (random order), below t: -1 (never).
+    keys = torch.where(values > t, 2.0, torch.where(values == t, u, -1.0))
+    return top_n_mask(keys, n)
 
 
 def fill_uniform(chosen: Tensor, n_mask: int, generator: torch.Generator | None) -> Tensor:
     """Complete ``chosen`` (bool ``[B, L]``, at most ``n_mask`` True per row) to exactly
     ``n_mask`` True per row, adding patches uniformly at random among the unchosen ones.
 
-    Chosen patches get keys in ``[1, 2)`` and the others in ``[0, 1)``, so one top-n keeps
+    Chosen patches get keys in ``[1, 2]`` and the others in ``[0, 1)``, so one top-n keeps
     every chosen patch and a uniformly random subset of the rest.
     """
     u = torch.rand(chosen.shape, generator=generator, device=chosen.device)

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import MaskingContext, MaskingStrategy, check_mask_ratio, num_masked, register_masking, top_n_mask
+from .base import (
+    MaskingContext,
+    MaskingStrategy,
+    check_mask_ratio,
+    num_masked,
+    register_masking,
+    top_n_mask,
+)
 
 __all__ = ["BlockMasking", "block_mask"]
 
@@ -32,7 +39,7 @@ def block_mask(
 
     Guarantee: every row has exactly ``n_mask = num_masked(gh * gw, mask_ratio)`` masked
     patches, made of complete blocks plus at most one partially masked block. ``s = 1`` is
-    uniform random masking.
+    uniform random masking. ``device`` defaults to the generator's device (CPU without one).
     """
     if int(batch_size) != batch_size or batch_size < 0:
         raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
@@ -40,6 +47,8 @@ def block_mask(
         raise ValueError(f"grid_size must be (gh, gw) with positive entries, got {grid_size!r}")
     if int(mask_patch_size) != mask_patch_size or mask_patch_size < 1:
         raise ValueError(f"mask_patch_size must be a positive int, got {mask_patch_size!r}")
+    if device is None and generator is not None:
+        device = generator.device  # a CUDA generator implies CUDA masks
     gh, gw = int(grid_size[0]), int(grid_size[1])
     s = int(mask_patch_size)
     B, L = int(batch_size), gh * gw
@@ -55,10 +64,10 @@ def block_mask(
     block_noise = torch.rand((B, bh * bw), generator=generator, device=device)
     block_rank = torch.argsort(torch.argsort(block_noise, dim=1), dim=1)
     # Patch key = its block's rank + a uniform tiebreak in [0, 1): the n_mask smallest keys
-    # fill blocks in rank order and take random patches of the last block. Ranks are small
-    # integers, so the float sum orders exactly lexicographically.
+    # fill blocks in rank order and take random patches of the last block. In float64 an
+    # integer rank plus a float32 u is exact, so keys order lexicographically (rank, u).
     patch_noise = torch.rand((B, L), generator=generator, device=device)
-    keys = block_rank[:, block_of_patch].to(patch_noise.dtype) + patch_noise
+    keys = block_rank[:, block_of_patch].to(torch.float64) + patch_noise.to(torch.float64)
     return top_n_mask(-keys, n_mask)
 
 
@@ -73,7 +82,9 @@ class BlockMasking(MaskingStrategy):
     def __post_init__(self) -> None:
         self.mask_ratio = check_mask_ratio(self.mask_ratio)
         if int(self.mask_patch_size) != self.mask_patch_size or self.mask_patch_size < 1:
-            raise ValueError(f"mask_patch_size must be a positive int, got {self.mask_patch_size!r}")
+            raise ValueError(
+                f"mask_patch_size must be a positive int, got {self.mask_patch_size!r}"
+            )
         self.mask_patch_size = int(self.mask_patch_size)
 
     def __call__(self, ctx: MaskingContext) -> Tensor:

@@ -109,7 +109,7 @@ def gaze_guided_mask(
     # uniformly random subset (random ties), and the whole procedure is invariant under any
     # relabelling of the patches, so its fixed-size mask is uniform over all n_mask-subsets,
     # i.e. exactly random masking. Only the flag and the meaningless relevant set change.
-    fallback = ~(h > 0).any(dim=1)
+    fallback = h.amax(dim=1) <= 0  # heat is non-negative: all zero
     relevant = relevant & ~fallback[:, None]
     return GazeMaskResult(mask=mask, relevant=relevant, fallback=fallback)
 
@@ -148,11 +148,14 @@ class GazeGuidedMasking(MaskingStrategy):
         if heat is None:
             self._last_fallback = ctx.batch_size
             return random_mask(
-                ctx.batch_size, ctx.num_patches, self.mask_ratio, device=ctx.device, generator=ctx.generator
+                ctx.batch_size,
+                ctx.num_patches,
+                self.mask_ratio,
+                device=ctx.device,
+                generator=ctx.generator,
             )
-        res = gaze_guided_mask(
-            heat, self.mask_ratio, q=self.q, rho=self.current_rho(ctx.progress), generator=ctx.generator
-        )
+        rho = self.current_rho(ctx.progress)
+        res = gaze_guided_mask(heat, self.mask_ratio, q=self.q, rho=rho, generator=ctx.generator)
         self._last_fallback = res.fallback.sum()  # tensor: no device sync until state() asks
         return res.mask
 

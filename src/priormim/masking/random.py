@@ -7,7 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import MaskingContext, MaskingStrategy, check_mask_ratio, num_masked, register_masking, top_n_mask
+from .base import (
+    MaskingContext,
+    MaskingStrategy,
+    check_mask_ratio,
+    num_masked,
+    register_masking,
+    top_n_mask,
+)
 
 __all__ = ["RandomMasking", "random_mask"]
 
@@ -25,11 +32,13 @@ def random_mask(
 
     Same draw as MAE's ``random_masking``: per-patch noise ``torch.rand(B, L)``, the
     ``len_keep`` lowest-noise patches stay visible. With the same generator state the mask
-    equals MAE's.
+    equals MAE's. ``device`` defaults to the generator's device (CPU without one).
     """
     if int(batch_size) != batch_size or batch_size < 0:
         raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
     n_mask = num_masked(num_patches, mask_ratio)
+    if device is None and generator is not None:
+        device = generator.device  # a CUDA generator implies CUDA masks
     noise = torch.rand((int(batch_size), int(num_patches)), generator=generator, device=device)
     return top_n_mask(noise, n_mask)  # highest noise = masked, as MAE keeps the lowest
 
@@ -46,5 +55,9 @@ class RandomMasking(MaskingStrategy):
 
     def __call__(self, ctx: MaskingContext) -> Tensor:
         return random_mask(
-            ctx.batch_size, ctx.num_patches, self.mask_ratio, device=ctx.device, generator=ctx.generator
+            ctx.batch_size,
+            ctx.num_patches,
+            self.mask_ratio,
+            device=ctx.device,
+            generator=ctx.generator,
         )

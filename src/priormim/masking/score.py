@@ -90,11 +90,14 @@ class ScoreGuidedMasking(MaskingStrategy):
         scores = ctx.checked_prior()
         if scores is None:
             return random_mask(
-                ctx.batch_size, ctx.num_patches, self.mask_ratio, device=ctx.device, generator=ctx.generator
+                ctx.batch_size,
+                ctx.num_patches,
+                self.mask_ratio,
+                device=ctx.device,
+                generator=ctx.generator,
             )
-        return score_guided_mask(
-            scores, self.mask_ratio, hard_share=self.hard_share(ctx.progress), generator=ctx.generator
-        )
+        share = self.hard_share(ctx.progress)
+        return score_guided_mask(scores, self.mask_ratio, hard_share=share, generator=ctx.generator)
 
     def state(self, ctx: MaskingContext) -> dict[str, float]:
         return {"hard_share": self.hard_share(ctx.progress)}

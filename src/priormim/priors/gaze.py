@@ -395,9 +395,9 @@ def gaze_heatmap(readings: Sequence[Fixations], *, out_size: tuple[int, int]) ->
 def _read_csv(path: Path, required: Sequence[str], what: str) -> tuple[dict[str, list[str]], int]:
     """Read the columns of a CSV file as strings.
 
-    Returns ``(columns, n_bad_rows)``; rows with fewer cells than the header are padded
-    with empty strings (read as missing values). Raises UserError naming the file and the
-    missing column.
+    Returns ``(columns, n_short_rows)``; rows with fewer cells than the header are padded
+    with empty strings, read as missing values (the fixation is then dropped as invalid).
+    Raises UserError naming the file and the missing column.
     """
     with path.open("r", newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
@@ -467,7 +467,7 @@ def _reflacx_metadata_files(root: Path) -> list[Path]:
 
 
 def _read_reflacx_fixations(path: Path, *, reading_id: str, image_size: tuple[int, int]) -> Fixations:
-    cols, n_bad = _read_csv(path, REFLACX_FIXATION_COLUMNS, "REFLACX fixations.csv")
+    cols, _ = _read_csv(path, REFLACX_FIXATION_COLUMNS, "REFLACX fixations.csv")
     f = {k: _floats(v) for k, v in cols.items()}
     fix = Fixations(
         x=f["x_position"],
@@ -477,7 +477,7 @@ def _read_reflacx_fixations(path: Path, *, reading_id: str, image_size: tuple[in
         sigma_x=f["angular_resolution_x_pixels_per_degree"],
         sigma_y=f["angular_resolution_y_pixels_per_degree"],
         shown_box=np.stack(
-            [f["xmin_shown_from_image"], f["ymin_shown_from_image"], f["xmax_shown_from_image"], f["ymax_shown_from_image"]],
+            [f[f"{k}_shown_from_image"] for k in ("xmin", "ymin", "xmax", "ymax")],
             axis=1,
         ),
         image_size=image_size,
@@ -512,12 +512,10 @@ def read_reflacx(root: str | Path) -> GazeRecords:
     readings: dict[str, list[Fixations]] = {}
     records = GazeRecords(format="reflacx", readings=readings)
     for meta in meta_files:
-        cols, n_bad = _read_csv(meta, REFLACX_METADATA_COLUMNS, "REFLACX metadata table")
         has_discarded = _optional_columns(meta, ["eye_tracking_data_discarded"])
+        cols, _ = _read_csv(meta, REFLACX_METADATA_COLUMNS + tuple(has_discarded), "REFLACX metadata table")
         discarded = (
-            _truthy(_read_csv(meta, has_discarded, "REFLACX metadata table")[0]["eye_tracking_data_discarded"])
-            if has_discarded
-            else np.zeros(len(cols["id"]), dtype=bool)
+            _truthy(cols["eye_tracking_data_discarded"]) if has_discarded else np.zeros(len(cols["id"]), dtype=bool)
         )
         sizes_x, sizes_y = _floats(cols["image_size_x"]), _floats(cols["image_size_y"])
         for i, (rid, did) in enumerate(zip(cols["id"], cols["dicom_id"], strict=True)):
@@ -605,7 +603,7 @@ def read_egd(
 
     extra = _optional_columns(fix_path, ["FPOGID", "FPOGV"])
     try:
-        cols, n_bad = _read_csv(fix_path, EGD_FIXATION_COLUMNS + tuple(extra), "EGD-CXR fixations.csv")
+        cols, _ = _read_csv(fix_path, EGD_FIXATION_COLUMNS + tuple(extra), "EGD-CXR fixations.csv")
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot read ({exc}); re-download EGD-CXR fixations.csv", fix_path) from exc
     ids = np.asarray([s.strip() for s in cols["DICOM_ID"]], dtype=str)

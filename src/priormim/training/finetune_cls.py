@@ -360,6 +360,10 @@ class _DecodeDataset(torch.utils.data.Dataset):
         return i, (x[0].clamp(0, 1) * 255).round().to(torch.uint8), None
 
 
+def _as_list(batch: list) -> list:  # module level: picklable for spawned workers
+    return batch
+
+
 def decode_images(
     paths: list[Path], *, img_size: int, num_workers: int = 0
 ) -> tuple[Tensor, np.ndarray, list[str]]:
@@ -370,7 +374,7 @@ def decode_images(
         unreadable files are logged and left out (``M <= len(paths)``).
     """
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(paths, img_size), batch_size=32, num_workers=num_workers, collate_fn=lambda b: b
+        _DecodeDataset(paths, img_size), batch_size=32, num_workers=num_workers, collate_fn=_as_list
     )
     images = torch.zeros(len(paths), 1, img_size, img_size, dtype=torch.uint8)
     ok = np.zeros(len(paths), dtype=bool)
@@ -533,7 +537,8 @@ def fit(
 
     ``train_x`` / ``val_x`` are features ``[N, D]`` (linear probe: ``model`` is the head) or
     ``uint8`` images ``[N, 1, H, W]`` (full: ``prepare_*`` augment and normalise them). The lr
-    follows a per-step cosine with linear warm-up. On return ``model`` holds the best weights.
+    follows a per-step cosine with linear warm-up (at most half the epochs). On return ``model``
+    holds the best weights.
     """
     n = len(train_x)
     # Full batches only: BatchNorm (linear head) cannot train on a batch of one, and a tiny
@@ -541,7 +546,7 @@ def fit(
     steps_per_epoch = max(1, n // batch_size)
     total = epochs * steps_per_epoch
     scheduler = CosineLRScheduler(
-        optimizer, t_initial=total, warmup_t=warmup_epochs * steps_per_epoch, warmup_lr_init=0.0, lr_min=0.0, t_in_epochs=False
+        optimizer, t_initial=total, warmup_t=min(warmup_epochs, epochs // 2) * steps_per_epoch, warmup_lr_init=0.0, lr_min=0.0, t_in_epochs=False
     )
     best_state, best_auc, best_loss, best_epoch = None, -math.inf, math.inf, 0
     history: list[dict[str, float]] = []
@@ -785,7 +790,8 @@ def write_results(out: Path, seed_dirs: list[Path], *, title: str) -> None:
     rows = aggregate_runs(seed_dirs, metrics=keys)
     write_results_table(rows, out, title, metrics=keys)
     m0 = metrics[0]
-    md = [f"# {title}", "", "| method | " + " | ".join(k.replace("_", " ", 1) for k in keys) + " | seeds |",
+    heads = ["test AUC", *(f"AUC {k[len('auc_'):]}" for k in keys[1:])]
+    md = [f"# {title}", "", "| method | " + " | ".join(heads) + " | seeds |",
           "|" + "---|" * (len(keys) + 2)]
     for r in rows:
         cells = [f"{r.mean[k]:.4f} ± {r.std[k]:.4f}" if r.n_runs > 1 else f"{r.mean[k]:.4f}" for k in keys]

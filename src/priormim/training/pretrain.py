@@ -114,7 +114,7 @@ def prepare_priors(cfg: PretrainConfig, images: Path, out: Path, dist: D.DistInf
                 raise UserError("data.prior=gaze needs data.gaze=<REFLACX-format gaze root>")
             compute_gaze_priors(root=cfg.data.gaze, images=images, out=prior_dir, format="reflacx")
         D.barrier()
-        return paths, lambda p: load_gaze_prior(prior_dir, p)
+        return paths, lambda p: load_gaze_prior(prior_dir, p, missing="none")
     raise UserError(f"data.prior must be vessel, gaze or none, got '{kind}'")
 
 

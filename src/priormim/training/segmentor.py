@@ -73,7 +73,7 @@ def train_segmentor(
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += float(loss.detach())
         if bar is not None:
             bar.set_postfix(loss=f"{total / max(len(loader), 1):.4f}")
             bar.update(1)

@@ -1,0 +1,87 @@
+"""``priormim prior``: compute guidance priors for a folder of images.
+
+``priormim prior vessel --images DIR --out DIR`` writes one binary vessel mask per angiogram
+(see :func:`priormim.priors.compute_vessel_priors`); ``priormim prior gaze`` comes from
+``priormim.cli.prior_gaze`` when that module is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from priormim.priors.cache import compute_vessel_priors
+from priormim.priors.vessel import KEEP_MODES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prior",
+        help="compute guidance priors (vessel masks, gaze maps) for a folder of images",
+        description="Compute guidance priors for a folder of images.",
+    )
+    prior_subparsers = parser.add_subparsers(dest="prior_command", metavar="PRIOR")
+    prior_subparsers.required = True
+    _register_vessel(prior_subparsers)
+    try:
+        from priormim.cli import prior_gaze
+    except ModuleNotFoundError as exc:
+        if exc.name != "priormim.cli.prior_gaze":
+            raise
+    else:
+        prior_gaze.register_prior(prior_subparsers)
+
+
+def _register_vessel(prior_subparsers: argparse._SubParsersAction) -> None:
+    p = prior_subparsers.add_parser(
+        "vessel",
+        help="vessel masks of angiograms (Sato vesselness, percentile threshold, connected component)",
+        description=(
+            "Write <out>/<image stem>.png (0/255 vessel mask) for every image in --images, "
+            "plus <out>/manifest.json. Re-running skips files that are already up to date; "
+            "unreadable images are reported and skipped."
+        ),
+    )
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of angiograms")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the prior masks")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--percentile", type=float, default=92.0, help="keep responses above this percentile (default 92)")
+    p.add_argument("--border", type=int, default=20, help="clear a frame this many pixels wide (default 20)")
+    p.add_argument(
+        "--keep",
+        choices=KEEP_MODES,
+        default="strongest",
+        help="connected components to keep: strongest (largest summed response, default), "
+        "seeded (holds the strongest pixel), largest (most pixels), all",
+    )
+    p.add_argument("--sigmas", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0], metavar="S", help="Sato scales in pixels (default 1 2 3 4)")
+    p.add_argument("--bright-vessels", action="store_true", help="vessels are brighter than the background (default: darker)")
+    p.add_argument(
+        "--no-collimator",
+        action="store_true",
+        help="keep responses next to flat regions touching the image edge (collimator); default drops them",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_vessel)
+
+
+def run_vessel(args: argparse.Namespace) -> int:
+    """Returns 0 when the job ran (failures are counted in the summary), 1 when every image failed."""
+    summary = compute_vessel_priors(
+        args.images,
+        args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        percentile=args.percentile,
+        border=args.border,
+        keep=args.keep,
+        sigmas=args.sigmas,
+        black_ridges=not args.bright_vessels,
+        collimator=not args.no_collimator,
+        progress=not args.no_progress,
+    )
+    for path, reason in summary.failed:
+        print(f"priormim: skipped {path.name}: {reason}", file=sys.stderr)
+    print(summary.line())
+    return 1 if summary.n_total and summary.n_failed == summary.n_total else 0
