@@ -55,7 +55,7 @@ def test_segmenter_patch16_uses_vit_skips_and_stem():
                                     model_kwargs=dict(depth=4, embed_dim=32, num_heads=2))
     model = ViTSegmenter(encoder, decoder_base=4)
     # p = 16: bottleneck (1/16) + ViT skips at 1/8 and 1/4 from shallower blocks; stem at 1/2 and 1.
-    assert model.feature_indices == [1, 2, 3]
+    assert model.feature_indices == [0, 2, 3]
     assert len(model.vit_skips) == 2 and model.stem_half is not None
     assert model(torch.randn(1, 1, 32, 32)).shape == (1, 1, 32, 32)
 

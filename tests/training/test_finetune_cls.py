@@ -109,16 +109,14 @@ def test_full_finetuning_lowers_the_loss():
     initial = loss_now()
     from timm.optim import create_optimizer_v2
 
-    opt = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
-    gen = torch.Generator().manual_seed(0)
-    result = fit(
+    opt = create_optimizer_v2(model, opt="adamw", lr=3e-3, weight_decay=0.05, layer_decay=0.75)
+    result = fit(  # 8 epochs x 4 steps, no augmentation so that the loss measured is the one trained
         model, train_x=images, train_y=labels, val_x=images, val_y=labels, task="binary", class_names=["a", "b"],
-        optimizer=opt, epochs=6, warmup_epochs=0, batch_size=8, generator=gen, device=torch.device("cpu"),
-        prepare_train=lambda x: to_model_input(random_crop_rotate(x.float() / 255, generator=gen), norm),
-        prepare_eval=lambda x: to_model_input(x, norm),
+        optimizer=opt, epochs=8, warmup_epochs=0, batch_size=4, generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"), prepare_train=lambda x: to_model_input(x, norm), prepare_eval=lambda x: to_model_input(x, norm),
     )
-    assert loss_now() < initial - 0.05, (initial, loss_now())
-    assert len(result.history) == 6 and 1 <= result.best_epoch <= 6
+    assert loss_now() < initial - 0.1, (initial, loss_now())
+    assert len(result.history) == 8 and 1 <= result.best_epoch <= 8
     assert not torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
 
 
@@ -194,6 +192,16 @@ def test_bad_inputs_raise_user_error_naming_the_file(blobs, tmp_path):
     assert exc.value.path == other
 
 
+def test_unreadable_image_is_a_counted_skip(tmp_path):
+    train = write_blob_folders(tmp_path / "train", n=10, seed=4)
+    (train / "blob" / "broken.png").write_bytes(b"not a png")
+    r = finetune_classification(ClsFinetuneConfig(train=train, test=train, out=tmp_path / "run", seeds=[0], **{**FAST, "epochs": 2}))
+    m = r.metrics[0]
+    assert len(m["skipped_files"]) == 1 and "broken.png" in m["skipped_files"][0]
+    assert m["n_train"] + m["n_val"] + m["n_test"] == 20
+    assert "1 unreadable files skipped" in (tmp_path / "run" / "results.md").read_text()
+
+
 def test_split_indices_stratified_fixed_and_grouped():
     labels = np.array([0] * 20 + [1] * 5 + [2] * 2)
     keep, held = split_indices(labels, fraction=0.2, seed=0)
@@ -218,7 +226,9 @@ def test_random_crop_rotate_identity_and_randomness():
     y = random_crop_rotate(x, generator=gen)
     assert y.shape == x.shape and not torch.allclose(y, x)
     flipped = random_crop_rotate(x, generator=torch.Generator().manual_seed(3), scale=(1.0, 1.0), ratio=(1.0, 1.0), max_degrees=0.0, hflip=True)
-    assert all(torch.allclose(f, x[i]) or torch.allclose(f, x[i].flip(-1), atol=1e-5) for i, f in enumerate(flipped))
+    mirrored = [torch.allclose(f, x[i].flip(-1), atol=1e-5) for i, f in enumerate(flipped)]
+    kept = [torch.allclose(f, x[i], atol=1e-5) for i, f in enumerate(flipped)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored)
 
 
 def test_binary_auc_scores_the_second_class():

@@ -37,7 +37,7 @@ def register_finetune(finetune_subparsers: argparse._SubParsersAction) -> argpar
             "binary -> AUC of the second class (e.g. PNEUMONIA), multi-label -> mean AUC over labels, more classes -> "
             "macro one-vs-rest AUC. Data: class sub-folders, a folder with labels.csv (+ images/), ChestX-ray14 "
             "(Data_Entry_2017.csv, official split lists) or RSNA Pneumonia (stage_2_train_labels.csv). The best epoch "
-            "is chosen on a validation split (--val, or 10%% carved from --train with a fixed seed), never on --test; "
+            "is chosen on a validation split (--val, or 10% carved from --train with a fixed seed), never on --test; "
             "pass the --train folder as --test to carve a fixed test split too (e.g. RSNA). Finished seeds "
             "(seed<k>/metrics.json) are skipped when the command is re-run."
         ),

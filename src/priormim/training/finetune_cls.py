@@ -86,6 +86,10 @@ MODE_DEFAULTS: dict[str, dict[str, Any]] = {
 _RESUME_IGNORED = ("seeds", "out", "device", "num_workers", "save_model")
 
 
+def _abs(path: str | Path) -> Path:
+    return Path(path).expanduser().absolute()
+
+
 @dataclass
 class ClsFinetuneConfig:
     """One classification experiment (all seeds). ``None`` fields take the per-mode default
@@ -123,7 +127,7 @@ class ClsFinetuneConfig:
     label: str | None = None  # method name in the results table; None: "<mode>, <encoder file stem>"
 
     def resolved(self) -> ClsFinetuneConfig:
-        """A copy with paths as ``Path`` and every per-mode default filled in."""
+        """A copy with absolute input paths and every per-mode default filled in."""
         if self.mode not in MODE_DEFAULTS:
             raise UserError(f"mode must be 'linear' or 'full', got {self.mode!r}")
         if self.format not in FORMATS:
@@ -132,11 +136,11 @@ class ClsFinetuneConfig:
         batch_size = self.batch_size or d["batch_size"]
         cfg = replace(
             self,
-            train=Path(self.train),
-            test=Path(self.test),
+            train=_abs(self.train),
+            test=_abs(self.test),
             out=Path(self.out),
-            encoder=None if self.encoder in (None, "", "none") else Path(self.encoder),
-            val=None if self.val is None else Path(self.val),
+            encoder=None if self.encoder in (None, "", "none") else _abs(self.encoder),
+            val=None if self.val is None else _abs(self.val),
             seeds=[int(s) for s in self.seeds],
             epochs=self.epochs if self.epochs is not None else d["epochs"],
             warmup_epochs=self.warmup_epochs if self.warmup_epochs is not None else d["warmup_epochs"],
@@ -387,7 +391,9 @@ def decode_images(
             else:
                 images[i], ok[i] = img, True
     kept = np.flatnonzero(ok)
-    return images[torch.from_numpy(kept)], kept, skipped
+    if len(kept) < len(paths):
+        images = images[torch.from_numpy(kept)]
+    return images, kept, skipped
 
 
 @dataclass

@@ -640,7 +640,7 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
         "test": {"summary": summary, "per_image": per_image},
         "val_curve": curve,
         "norm": norm.to_dict(),
-        "data": {"train": len(data.train), "val": len(data.val), "test": len(data.test), **data.split["source"]},
+        "data": {"n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test), "source": data.split["source"]},
         "config": cfg.to_dict(),
         "train_time_s": round(time.time() - t0, 1),
         "device": str(device),
