@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 class DemoScale:
     """Sizes for the demo; ``quick`` is for tests (seconds, not minutes)."""
 
-    n_train: int = 192
+    n_unlabelled: int = 192  # pretraining images
+    n_train: int = 40  # labelled images for fine-tuning (DCA1 has 40)
     n_test: int = 24
     synth_size: int = 96
     img_size: int = 64
@@ -40,7 +41,7 @@ class DemoScale:
 
     @classmethod
     def quick(cls) -> "DemoScale":
-        return cls(n_train=12, n_test=4, synth_size=48, img_size=32,
+        return cls(n_unlabelled=12, n_train=8, n_test=4, synth_size=48, img_size=32,
                    encoder_kwargs={"patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2},
                    pretrain_epochs=2, batch_size=4, segmentor_epochs=1, finetune_epochs=1, unet_base_channels=4)
 
@@ -84,19 +85,19 @@ def run_demo(
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    t = _step(f"synthesising {scale.n_train} training and {scale.n_test} test angiograms")
+    t = _step(f"synthesising {scale.n_unlabelled} unlabelled, {scale.n_train} labelled and {scale.n_test} test angiograms")
+    unlab_dir = out / "data" / "xca_unlabelled"
     train_dir, test_dir = out / "data" / "xca_train", out / "data" / "xca_test"
-    if not (train_dir / "images").exists() or len(list((train_dir / "images").glob("*.png"))) < scale.n_train:
-        write_synthetic_xca(train_dir, n=scale.n_train, size=scale.synth_size, seed=seed)
-    if not (test_dir / "images").exists() or len(list((test_dir / "images").glob("*.png"))) < scale.n_test:
-        write_synthetic_xca(test_dir, n=scale.n_test, size=scale.synth_size, seed=seed + 1000)
+    for folder, n, offset in ((unlab_dir, scale.n_unlabelled, 0), (train_dir, scale.n_train, 1000), (test_dir, scale.n_test, 2000)):
+        if not (folder / "images").exists() or len(list((folder / "images").glob("*.png"))) < n:
+            write_synthetic_xca(folder, n=n, size=scale.synth_size, seed=seed + offset)
     timings["synthesis"] = time.perf_counter() - t
 
     t = _step("computing vessel priors (Sato, sigmas 1-4, percentile 92, seeded component)")
-    prior_dir = train_dir / "priors" / "vessel"
-    summary = ensure_vessel_priors(train_dir / "images", prior_dir)
+    prior_dir = unlab_dir / "priors" / "vessel"
+    summary = ensure_vessel_priors(unlab_dir / "images", prior_dir)
     timings["priors"] = time.perf_counter() - t
-    paths = sorted((train_dir / "images").glob("*.png"))
+    paths = sorted((unlab_dir / "images").glob("*.png"))
 
     t = _step("training the frozen consistency segmentor on the priors' pseudo-labels")
     seg_path = out / "segmentor.safetensors"
@@ -112,7 +113,7 @@ def run_demo(
     for name, recipe in (("MAE", "mae"), ("VasoMIM", "vasomim")):
         t = _step(f"pretraining {name} ({scale.pretrain_epochs} epochs)")
         run_dir = out / "runs" / recipe
-        cfg = pretrain_config(recipe, scale, train_dir / "images", prior_dir, seg_path, device, seed)
+        cfg = pretrain_config(recipe, scale, unlab_dir / "images", prior_dir, seg_path, device, seed)
         if (run_dir / "encoder.safetensors").exists() and (run_dir / "history.json").exists():
             histories[name] = json.loads((run_dir / "history.json").read_text())
         else:
@@ -122,7 +123,7 @@ def run_demo(
         timings[f"pretrain_{recipe}"] = time.perf_counter() - t
 
     t = _step("drawing figures")
-    figures = make_pretraining_figures(out, runs, histories, scale, train_dir, prior_dir, seed)
+    figures = make_pretraining_figures(out, runs, histories, scale, unlab_dir, prior_dir, seed)
     timings["figures"] = time.perf_counter() - t
 
     table = None

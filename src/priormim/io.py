@@ -7,6 +7,7 @@ Failures raise :class:`priormim.errors.UserError` naming the file.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from priormim.errors import UserError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".dicom")
 
@@ -115,19 +118,28 @@ def read_gray(path: str | Path) -> np.ndarray:
     return _to_unit_float(arr, path)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a binary mask as ``bool [H, W]``; any value above half the range is foreground.
+def read_mask(path: str | Path, *, max_grey_fraction: float = 0.01) -> np.ndarray:
+    """Read a binary mask as ``bool [H, W]``; foreground is above half the value range.
 
-    Raises UserError if the mask holds more than two distinct values (not binary).
+    Hand-drawn masks are sometimes saved with a few anti-aliased pixels (one DCA1 mask has 26
+    grey pixels among 0/255); up to ``max_grey_fraction`` of such pixels are thresholded with a
+    warning. More than that is not a binary mask, and raises UserError.
     """
     path = Path(path)
     arr = read_gray(path)
-    values = np.unique(arr)
-    if values.size > 2:
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=bool) if hi <= 0.5 else np.ones(arr.shape, dtype=bool)
+    grey = float(((arr != lo) & (arr != hi)).mean())
+    if grey > max_grey_fraction:
         raise UserError(
-            f"mask is not binary ({values.size} distinct values); save it with only 0 and 255", path
+            f"mask is not binary ({grey:.1%} of pixels are neither background nor foreground); "
+            "save it with only 0 and 255",
+            path,
         )
-    return arr > 0.5 if values.size == 2 or values.max(initial=0) > 0.5 else np.zeros(arr.shape, dtype=bool)
+    if grey > 0:
+        log.warning("%s: %.3f%% grey pixels in a binary mask, thresholded at half range", path, 100 * grey)
+    return arr > 0.5
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:

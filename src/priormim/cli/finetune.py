@@ -7,6 +7,7 @@ when that module is present.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -15,13 +16,23 @@ def _encoder_arg(value: str) -> Path | None:
     return None if value.lower() in ("none", "scratch", "") else Path(value)
 
 
+def _json_dict(value: str) -> dict:
+    try:
+        out = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}); e.g. '{{\"depth\": 4, \"patch_size\": 8}}'") from exc
+    if not isinstance(out, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"depth\": 4}'")
+    return out
+
+
 def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = finetune_subparsers.add_parser(
         "seg",
         help="vessel segmentation: ViT encoder + conv decoder, or U-Net from scratch",
         description="Fine-tune a segmenter once per seed and report test DSC / clDice (mean ± std over seeds). "
         "Data folders hold images/ and masks/ (binary, same names). The best epoch is chosen on a validation "
-        "split (--val, or 20%% carved from --train with a fixed seed), never on --test. Finished seeds "
+        "split (--val, or 20% carved from --train with a fixed seed), never on --test. Finished seeds "
         "(seed<k>/metrics.json) are skipped when the command is re-run.",
     )
     data = p.add_argument_group("data")
@@ -35,6 +46,8 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
     model.add_argument("--encoder", type=_encoder_arg, default=None, metavar="PATH|none",
                        help="encoder .safetensors from `priormim export`, or none for random init (default none)")
     model.add_argument("--backbone", default="vit_tiny_patch16_224", help="timm ViT name (the encoder file's metadata overrides it)")
+    model.add_argument("--model-kwargs", type=_json_dict, default={}, metavar="JSON",
+                       help="timm.create_model overrides for a ViT from scratch, e.g. '{\"depth\": 4}' (an encoder file's own win)")
     model.add_argument("--img-size", type=int, help="model input size (default: vit 224, unet 256)")
     model.add_argument("--unet-base", type=int, default=32, help="U-Net channels at full resolution (default 32)")
     model.add_argument("--drop-path", type=float, default=0.1, help="ViT stochastic depth (default 0.1)")
@@ -75,7 +88,7 @@ def run_seg(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = SegFinetuneConfig(
         out=args.out, train=args.train, test=args.test, val=args.val, data=args.data, split_seed=args.split_seed,
-        model=args.model, encoder=args.encoder, backbone=args.backbone, img_size=args.img_size,
+        model=args.model, encoder=args.encoder, backbone=args.backbone, model_kwargs=args.model_kwargs, img_size=args.img_size,
         unet_base_channels=args.unet_base, drop_path=args.drop_path, seeds=tuple(args.seeds), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
         warmup_epochs=args.warmup_epochs, augment=not args.no_augment, train_crop=args.train_crop, label=args.label, device=args.device,

@@ -27,7 +27,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from priormim.io import atomic_write_bytes, read_gray, read_mask
 from priormim.losses.segmentation import bce_dice_loss
 from priormim.models.seg import NormStats, ViTSegmenter, create_vit_encoder, resolve_encoder_config
 from priormim.models.unet import UNet
-from priormim.training.results import ResultRow, aggregate_runs, write_results_table
+from priormim.training.results import ResultRow, aggregate_runs, read_metrics, write_results_table
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ class SegFinetuneConfig:
             seeds=tuple(int(s) for s in self.seeds),
             lr=self.lr if self.lr is not None else (3e-4 if vit else 1e-3),
             weight_decay=self.weight_decay if self.weight_decay is not None else (0.05 if vit else 1e-4),
-            layer_decay=self.layer_decay if self.layer_decay is not None else (0.75 if vit and self.encoder is not None else None),
+            # Layer decay needs ViT blocks; a U-Net has none.
+            layer_decay=None if not vit else self.layer_decay if self.layer_decay is not None else (0.75 if self.encoder is not None else None),
             label=label,
         )
 
@@ -386,6 +387,8 @@ def save_segmenter(model: nn.Module, model_config: dict[str, Any], run_dir: Path
 
 def _pick_model_dir(path: Path) -> Path:
     """``path`` itself if it holds config.json, else the seed folder with the best val Dice."""
+    if not path.is_dir():
+        raise UserError("does not exist; pass the --out folder of `priormim finetune seg` (or one of its seed<k>/)", path)
     if (path / "config.json").is_file():
         return path
     seeds = sorted(p for p in path.glob("seed*") if (p / "config.json").is_file() and (p / "model.safetensors").is_file())
@@ -690,7 +693,7 @@ def finetune_segmentation(cfg: SegFinetuneConfig) -> SegRunResult:
         run_dir = cfg.out / f"seed{seed}"
         done = run_dir / "metrics.json"
         if done.is_file():
-            metrics = json.loads(done.read_text(encoding="utf-8"))
+            metrics = read_metrics(done)
             log.info("seed %d already finished (%s); skipped", seed, done)
             skipped.append(seed)
         else:
