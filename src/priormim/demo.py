@@ -33,10 +33,10 @@ class DemoScale:
     synth_size: int = 96
     img_size: int = 64
     encoder_kwargs: dict = field(default_factory=lambda: {"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3})
-    pretrain_epochs: int = 40
+    pretrain_epochs: int = 60
     batch_size: int = 32
     segmentor_epochs: int = 20
-    finetune_epochs: int = 40
+    finetune_epochs: int = 60
     unet_base_channels: int = 16
 
     @classmethod

@@ -23,7 +23,6 @@ COMMAND_MODULES = (
     "finetune",
     "baseline",
     "predict",
-    "bench",
 )
 
 
@@ -34,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"priormim.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"priormim.cli.{name}":
-                continue  # not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"priormim.cli.{name}").register(sub)
     return parser
 
 

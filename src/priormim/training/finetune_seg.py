@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from priormim.errors import UserError
+from priormim.training.distributed import resolve_device
 from priormim.io import atomic_write_bytes, read_gray, read_mask
 from priormim.losses.segmentation import bce_dice_loss
 from priormim.models.seg import NormStats, ViTSegmenter, create_vit_encoder, resolve_encoder_config
@@ -431,18 +432,6 @@ def load_segmenter(run_dir: str | Path, *, device: str | torch.device = "cpu") -
     except Exception as exc:
         raise UserError(f"weights do not match config.json ({type(exc).__name__}); re-run the fine-tuning", weights) from exc
     return model.to(device).eval(), model_config
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise UserError(f"unknown device {device!r}; use auto, cpu or cuda") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA GPU is available; use --device cpu or auto")
-    return dev
 
 
 def _autocast(device: torch.device):
