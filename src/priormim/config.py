@@ -32,6 +32,8 @@ class ModelConfig:
     decoder_num_heads: int = 4
     norm_pix_loss: bool = True
     drop_path_rate: float = 0.0
+    pyramid_scales: list | None = None  # VP-MIM pyramid reconstruction, e.g. [1, 2, 4]; None = MAE head only
+    pyramid_weights: list | None = None  # loss weight per scale; None = 1/scale
 
 
 @dataclass
@@ -48,6 +50,13 @@ class ConsistencyConfig:
     segmentor: str | None = None  # path to a trained segmentor; None: train one on the priors
     segmentor_epochs: int = 30
     segmentor_base_channels: int = 8
+
+
+@dataclass
+class GazeWeightingConfig:
+    enabled: bool = False  # VP-MIM: weight the loss by recalibrated gaze heat
+    alpha: float = 0.5  # H' = normalise(H * (alpha + (1 - alpha) * A)), A = class-token attention
+    gamma: float = 1.0  # per-patch weight 1 + gamma * H', normalised to mean 1
 
 
 @dataclass
@@ -95,6 +104,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    gaze_weighting: GazeWeightingConfig = field(default_factory=GazeWeightingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -54,8 +54,24 @@ class LossNotFinite(UserError):
 
 # -- set-up helpers ------------------------------------------------------------------------------
 def build_model(cfg: PretrainConfig) -> MaskedAutoencoder:
+    """MAE, or VP-MIM's pyramid model when ``model.pyramid_scales`` is set."""
     m = cfg.model
-    return MaskedAutoencoder(
+    extra: dict[str, Any] = {}
+    cls = MaskedAutoencoder
+    if m.pyramid_scales:
+        from priormim.models.vpmim import VPMIMAutoencoder
+
+        cls = VPMIMAutoencoder
+        extra = {"pyramid_scales": m.pyramid_scales, "pyramid_weights": m.pyramid_weights}
+    try:
+        return cls(**_mae_kwargs(cfg), **extra)
+    except ValueError as exc:
+        raise UserError(f"model: {exc}") from exc
+
+
+def _mae_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
+    m = cfg.model
+    return dict(
         encoder_name=m.encoder,
         img_size=m.img_size,
         in_chans=m.in_chans,
@@ -109,6 +125,8 @@ def prepare_priors(cfg: PretrainConfig, images: Path, out: Path, dist: D.DistInf
     if kind == "gaze":
         from priormim.priors.gaze_cache import compute_gaze_priors, load_gaze_prior
 
+        if not cfg.data.gaze and (images.resolve().parent / "gaze").is_dir():
+            cfg.data.gaze = str(images.resolve().parent / "gaze")  # the layout `priormim synth cxr` writes
         if dist.is_main:
             if not cfg.data.gaze:
                 raise UserError("data.prior=gaze needs data.gaze=<REFLACX-format gaze root>")
@@ -179,8 +197,20 @@ def compute_losses(
     norm_mean: float,
     norm_std: float,
     forward: nn.Module | None = None,
+    patch_heat: Tensor | None = None,
+    gaze_alpha: float = 0.5,
+    gaze_gamma: float = 1.0,
 ) -> StepOutput:
-    """``L = L_rec + lambda * L_cons`` for one batch. ``forward`` is the (DDP-wrapped) model."""
+    """``L = L_rec + lambda * L_cons`` for one batch. ``forward`` is the (DDP-wrapped) model.
+
+    A VP-MIM model (pyramid heads) uses :func:`priormim.models.vpmim.vpmim_loss` instead,
+    weighted by ``patch_heat`` ``[B, L]`` (recalibrated gaze) when it is given.
+    """
+    from priormim.models.vpmim import VPMIMAutoencoder, vpmim_loss
+
+    if isinstance(model, VPMIMAutoencoder):
+        res = vpmim_loss(model, batch_images, mask, patch_heat, alpha=gaze_alpha, gamma=gaze_gamma, forward=forward)
+        return StepOutput(loss=res.loss, terms={k: v.detach() for k, v in res.terms.items()})
     out = (forward or model)(batch_images, mask)
     target = model.patchify(batch_images)
     l_rec = masked_reconstruction_loss(out.pred, target, mask, norm_pix_loss=model.norm_pix_loss)
@@ -259,6 +289,9 @@ def train_one_epoch(
                 norm_mean=norm_mean,
                 norm_std=norm_std,
                 forward=forward,
+                patch_heat=patch_prior if cfg.gaze_weighting.enabled else None,
+                gaze_alpha=cfg.gaze_weighting.alpha,
+                gaze_gamma=cfg.gaze_weighting.gamma,
             )
         loss_value = float(step_out.loss.detach())
         if not math.isfinite(loss_value):
