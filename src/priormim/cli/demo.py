@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for smoke tests")
-    p.add_argument("--no-finetune", action="store_true", help="stop after pretraining and figures")
+    p.add_argument("--no-finetune", action="store_true", help="skip the segmentation fine-tuning table")
+    p.add_argument("--no-cxr", action="store_true", help="skip the chest X-ray (VP-MIM) part")
     p.set_defaults(func=run)
 
 
@@ -27,5 +28,5 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     run_demo(args.out, real=args.real, device=args.device, seed=args.seed, quick=args.quick,
-             finetune=not args.no_finetune)
+             finetune=not args.no_finetune, cxr=not args.no_cxr)
     return 0

@@ -144,13 +144,7 @@ class AnatomyGuidedMasking(MaskingStrategy):
     def __call__(self, ctx: MaskingContext) -> Tensor:
         prior = ctx.checked_prior()
         if prior is None:
-            return random_mask(
-                ctx.batch_size,
-                ctx.num_patches,
-                self.mask_ratio,
-                device=ctx.device,
-                generator=ctx.generator,
-            )
+            return self.random_fallback(ctx)
         beta = self.beta(ctx.progress)
         return anatomy_guided_mask(prior, self.mask_ratio, beta, generator=ctx.generator)
 

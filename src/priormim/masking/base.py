@@ -231,6 +231,14 @@ class MaskingStrategy(ABC):
     def __call__(self, ctx: MaskingContext) -> Tensor:
         """Return a bool mask ``[ctx.batch_size, gh * gw]``."""
 
+    def random_fallback(self, ctx: MaskingContext) -> Tensor:
+        """MAE's uniform masking for a batch that has no prior; bool ``[B, L]``."""
+        from .random import random_mask  # random.py imports this module
+
+        return random_mask(
+            ctx.batch_size, ctx.num_patches, self.mask_ratio, device=ctx.device, generator=ctx.generator
+        )
+
     def state(self, ctx: MaskingContext) -> dict[str, float]:
         """Scalars worth logging at this point of training, e.g. ``{"beta": 0.3}``."""
         return {}

@@ -28,7 +28,6 @@ from .base import (
     top_n_mask,
     top_n_random_ties,
 )
-from .random import random_mask
 
 __all__ = ["GazeGuidedMasking", "GazeMaskResult", "gaze_guided_mask", "gaze_split"]
 
@@ -147,13 +146,7 @@ class GazeGuidedMasking(MaskingStrategy):
         heat = ctx.checked_prior()
         if heat is None:
             self._last_fallback = ctx.batch_size
-            return random_mask(
-                ctx.batch_size,
-                ctx.num_patches,
-                self.mask_ratio,
-                device=ctx.device,
-                generator=ctx.generator,
-            )
+            return self.random_fallback(ctx)
         rho = self.current_rho(ctx.progress)
         res = gaze_guided_mask(heat, self.mask_ratio, q=self.q, rho=rho, generator=ctx.generator)
         self._last_fallback = res.fallback.sum()  # tensor: no device sync until state() asks

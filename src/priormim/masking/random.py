@@ -54,10 +54,4 @@ class RandomMasking(MaskingStrategy):
         self.mask_ratio = check_mask_ratio(self.mask_ratio)
 
     def __call__(self, ctx: MaskingContext) -> Tensor:
-        return random_mask(
-            ctx.batch_size,
-            ctx.num_patches,
-            self.mask_ratio,
-            device=ctx.device,
-            generator=ctx.generator,
-        )
+        return self.random_fallback(ctx)

@@ -89,13 +89,7 @@ class ScoreGuidedMasking(MaskingStrategy):
     def __call__(self, ctx: MaskingContext) -> Tensor:
         scores = ctx.checked_prior()
         if scores is None:
-            return random_mask(
-                ctx.batch_size,
-                ctx.num_patches,
-                self.mask_ratio,
-                device=ctx.device,
-                generator=ctx.generator,
-            )
+            return self.random_fallback(ctx)
         share = self.hard_share(ctx.progress)
         return score_guided_mask(scores, self.mask_ratio, hard_share=share, generator=ctx.generator)
 

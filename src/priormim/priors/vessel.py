@@ -113,21 +113,40 @@ def _depthwise(x: Tensor, weights: Tensor, dim: int, padding: int) -> Tensor:
     return F.conv2d(x.permute(0, 3, 1, 2), w, groups=c, padding=pad).permute(0, 2, 3, 1)
 
 
+def _reflection_matrices(weights: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """What the reflected samples add to the first and last ``r`` outputs of a zero-padded
+    correlation with ``weights [C, 2r + 1]``: ``head, tail [C, r, r]`` acting on the first
+    and last ``r`` input samples.
+
+    Output ``a`` (< r) reads the mirrored sample ``b = r - 1 - a - j`` through tap ``j``, so
+    ``head[a, b] = w[r - 1 - a - b]`` where ``a + b <= r - 1``; at the far end, with local
+    indices, ``tail[a, b] = w[3r - 1 - a - b]`` where ``a + b >= r - 1``.
+    """
+    idx = torch.arange(r, device=weights.device)
+    s = idx[:, None] + idx[None, :]
+    head = weights[:, (r - 1 - s).clamp(min=0)] * (s <= r - 1)
+    tail = weights[:, (3 * r - 1 - s).clamp(max=2 * r)] * (s >= r - 1)
+    return head, tail
+
+
 def _filter_axis(x: Tensor, weights: Tensor, dim: int) -> Tensor:
     """Correlate every channel of ``x [1, H, W, C]`` along ``dim`` (1 = rows, 2 = columns)
     with its own 1-D kernel ``weights [C, K]``, half-sample symmetric borders like scipy's
     ``mode="reflect"``."""
     r = (weights.shape[1] - 1) // 2
     n = x.shape[dim]
-    if 2 * r > n:  # tiny images: pad the whole axis
+    if r == 0:
+        return _depthwise(x, weights, dim, padding=0)
+    if r > n:  # tiny images: the reflection repeats, pad the whole axis
         return _depthwise(_pad_symmetric(x, r, dim), weights, dim, padding=0)
-    # Zero-padded convolution of the whole image (no padded copy), then redo the two
-    # r-wide edge strips from small symmetric-padded slices.
+    # Zero-padded convolution (no padded copy of the image), then add what the mirrored
+    # samples contribute at both ends as small per-channel matrix products; copying padded
+    # images and re-filtering edge strips took a third of the run time.
     y = _depthwise(x, weights, dim, padding=r)
-    head = _depthwise(_pad_symmetric(x.narrow(dim, 0, 2 * r), r, dim), weights, dim, padding=0)
-    tail = _depthwise(_pad_symmetric(x.narrow(dim, n - 2 * r, 2 * r), r, dim), weights, dim, padding=0)
-    y.narrow(dim, 0, r).copy_(head.narrow(dim, 0, r))
-    y.narrow(dim, n - r, r).copy_(tail.narrow(dim, r, r))
+    head, tail = _reflection_matrices(weights, r)
+    spec = "cab,nbwc->nawc" if dim == 1 else "cab,nhbc->nhac"
+    y.narrow(dim, 0, r).add_(torch.einsum(spec, head, x.narrow(dim, 0, r)))
+    y.narrow(dim, n - r, r).add_(torch.einsum(spec, tail, x.narrow(dim, n - r, r)))
     return y
 
 
