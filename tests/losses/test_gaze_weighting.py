@@ -133,3 +133,13 @@ def test_gaze_loss_weights_gamma_is_scale_free(L):
 def test_attention_entropy_bounds():
     assert torch.isclose(attention_entropy(torch.full((2, 8), 1 / 8)), torch.tensor(1.0))
     assert torch.isclose(attention_entropy(torch.eye(8)[:2]), torch.tensor(0.0))
+
+
+def test_cls_attention_float32_under_autocast():
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", **VIT)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = cls_attention(vit, x)
+    assert a.dtype == torch.float32
+    assert torch.allclose(a.sum(-1), torch.ones(2), atol=1e-6)

@@ -226,3 +226,12 @@ def test_real_angiograms_match_skimage() -> None:
         ref = sato(img, sigmas=(1, 2, 3, 4), black_ridges=True, mode="reflect")
         assert pearson(got[0], ref) >= 0.999
         assert np.abs(got[0] - ref).max() <= 1e-5 * ref.max()
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 21])
+def test_separable_max_filter_equals_max_pool(size: int) -> None:
+    from priormim.priors.vessel import _max_filter
+
+    x = torch.randn(2, 1, 30, 41, generator=torch.Generator().manual_seed(size))
+    ref = torch.nn.functional.max_pool2d(x, size, stride=1, padding=size // 2)
+    assert torch.equal(_max_filter(x, size), ref)

@@ -97,11 +97,13 @@ def cls_attention(encoder: nn.Module, imgs: Tensor) -> Tensor:
             q = q_norm(q)
         if k_norm is not None:
             k = k_norm(k)
-        # Only the class-token query row is needed: [B, h, 1, hd] @ [B, h, hd, N].
-        logits = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)
-        probs = logits.softmax(dim=-1)[:, :, 0, n_prefix:]  # [B, h, L]
-        probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-30)
-        return probs.mean(dim=1)
+        # Only the class-token query row is needed: [B, h, 1, hd] @ [B, h, hd, N]; in float32
+        # even under autocast, so rows sum to 1 to float precision.
+        with torch.autocast(device_type=imgs.device.type, enabled=False):
+            logits = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)
+            probs = logits.softmax(dim=-1)[:, :, 0, n_prefix:]  # [B, h, L]
+            probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+            return probs.mean(dim=1)
     finally:
         for m, mode in modes:
             m.training = mode
