@@ -76,7 +76,7 @@ def run_demo(
     seed: int = 0,
     quick: bool = False,
     finetune: bool = True,
-    cxr: bool = True,
+    cxr: bool = False,
 ) -> dict:
     """Run the demo into ``out``; returns the summary dict (also written as JSON/Markdown)."""
     from priormim.data.synth_xca import write_synthetic_xca
