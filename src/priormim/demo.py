@@ -99,7 +99,7 @@ def run_demo(
             write_synthetic_xca(folder, n=n, size=scale.synth_size, seed=seed + offset)
     timings["synthesis"] = time.perf_counter() - t
 
-    t = _step("computing vessel priors (Sato, sigmas 1-4, percentile 92, seeded component)")
+    t = _step("computing vessel priors (Sato, sigmas 1-4, percentile 92, one connected component)")
     prior_dir = unlab_dir / "priors" / "vessel"
     summary = ensure_vessel_priors(unlab_dir / "images", prior_dir)
     timings["priors"] = time.perf_counter() - t

@@ -134,8 +134,8 @@ def _filter_axis(x: Tensor, weights: Tensor, dim: int) -> Tensor:
 
 
 def _scaled_hessian(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``sigma**2`` times the Hessian ``(Hrr, Hrc, Hcc)``, each ``[1, H, W, B]``, of
-    ``x [1, H, W, B]`` at scale ``sigma``.
+    """``sigma**2`` times the Hessian ``(Hrr, Hrc, Hcc)`` of ``x [1, H, W, B]`` at scale
+    ``sigma``, each returned transposed as ``[1, W, H, B]``.
 
     skimage filters twice per axis with first-order kernels (G = Gaussian, D = derivative):
     ``Hrr = Drow Drow Gcol Gcol``, ``Hrc = (Grow Drow)(Dcol Gcol)``, ``Hcc = Grow Grow Dcol Dcol``.
@@ -152,12 +152,15 @@ def _scaled_hessian(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
 
     # Component-major channels: each component is a run of B channels, which keeps the
     # elementwise eigenvalue maths below vectorised.
+    # Filtering along W (1 x K kernels) ran ~1.6x faster than along H, so the columns are
+    # filtered first, the stack is transposed once, and the rows are filtered along W too.
     h = x.repeat(1, 1, 1, 3)  # [1, H, W, 3B]
-    h = _filter_axis(h, per_image(d, d, g), dim=1)  # rows: Dx, Dx, Gx
-    h = _filter_axis(h, per_image(d, g, g), dim=1)  # rows: DDx, GDx, GGx
-    h = _filter_axis(h, per_image(g, g, d), dim=2)  # columns
-    # The last pass also applies Sato's sigma**2 scale normalisation (free in the kernel).
-    h = _filter_axis(h, per_image(g, d, d) * (sigma * sigma), dim=2)
+    h = _filter_axis(h, per_image(g, g, d), dim=2)  # columns: G, G, D
+    # The second column pass also applies Sato's sigma**2 normalisation (free in the kernel).
+    h = _filter_axis(h, per_image(g, d, d) * (sigma * sigma), dim=2)  # columns: GG, DG, DD
+    h = h.transpose(1, 2).contiguous()  # [1, W, H, 3B]
+    h = _filter_axis(h, per_image(d, d, g), dim=2)  # rows: D, D, G
+    h = _filter_axis(h, per_image(d, g, g), dim=2)  # rows: DD, GD, GG
     return h[..., :b], h[..., b : 2 * b], h[..., 2 * b :]
 
 
@@ -185,7 +188,7 @@ def vesselness(
         work = -work
     b, _, h, w = work.shape
     work = work.reshape(b, h, w).permute(1, 2, 0).unsqueeze(0).contiguous()  # [1, H, W, B]
-    out = torch.zeros_like(work)
+    out = work.new_zeros(1, w, h, b)
     for sigma in sig:  # a per-sigma loop: kernel lengths differ, the batch is vectorised
         hrr, hrc, hcc = _scaled_hessian(work, sigma)
         # Largest eigenvalue of [[hrr, hrc], [hrc, hcc]] (skimage's closed form); taking the
@@ -194,7 +197,7 @@ def vesselness(
         root = half_diff.mul_(half_diff).addcmul_(hrc, hrc).sqrt_()  # no overflow at these scales
         lam1 = (hrr + hcc).mul_(0.5).add_(root)
         out = torch.maximum(out, lam1)
-    return out[0].permute(2, 0, 1).reshape(b, 1, h, w).to(x.dtype).contiguous()
+    return out[0].permute(2, 1, 0).reshape(b, 1, h, w).to(x.dtype).contiguous()  # out is [1, W, H, B]
 
 
 def _running_max(x: Tensor, size: int, dim: int) -> Tensor:
