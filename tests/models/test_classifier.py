@@ -17,15 +17,6 @@ from priormim.models.seg import NormStats
 TINY = dict(patch_size=4, depth=2, embed_dim=32, num_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machines are shared; torch's intra-op threads only add contention at this size.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_vit(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, in_chans=1, num_classes=0, img_size=32, **TINY)

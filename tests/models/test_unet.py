@@ -8,16 +8,6 @@ import torch
 from priormim.models.unet import UNet
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Two OpenMP threads on a busy 2-core machine spin-wait (10x slower); tiny tensors
-    gain nothing from a second thread anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("shape", [(2, 1, 32, 32), (1, 1, 40, 36), (1, 1, 21, 50)])
 def test_unet_output_matches_input_shape(shape):
     model = UNet(base_channels=8).eval()

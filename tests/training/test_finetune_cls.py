@@ -27,15 +27,6 @@ TINY = dict(patch_size=4, depth=2, embed_dim=32, num_heads=2)
 FAST = dict(img_size=32, model_kwargs=TINY, num_workers=0, batch_size=16, epochs=15, warmup_epochs=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machines are shared; torch's intra-op threads only add contention at this size.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def blob_image(rng: np.random.Generator, *, blob: bool, size: int = 32, where: str = "any") -> np.ndarray:
     """Grey noise, plus a bright Gaussian blob when ``blob`` (top / bottom half with ``where``)."""
     img = rng.normal(0.4, 0.08, (size, size))

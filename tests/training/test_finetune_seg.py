@@ -30,16 +30,6 @@ from priormim.training.finetune_seg import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Two OpenMP threads on a busy 2-core machine spin-wait (10x slower); tiny tensors
-    gain nothing from a second thread anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY_VIT = dict(patch_size=4, depth=2, embed_dim=32, num_heads=2)
 
 

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from priormim.losses.gaze_weighting import attention_entropy, cls_attention, gaze_loss_weights, recalibrate_gaze
 from priormim.losses.reconstruction import masked_reconstruction_loss, normalize_patches
-from priormim.masking import random_mask
 from priormim.models.mae import MAEOutput, MaskedAutoencoder, _init_weights, patchify
 
 __all__ = [
@@ -246,21 +245,19 @@ class VPMIMAutoencoder(MaskedAutoencoder):
         return_hidden: bool = False,
     ) -> VPMIMOutput:
         """imgs ``[B, C, H, W]``; mask bool ``[B, L]`` (True = masked), random if omitted."""
-        if mask is None:
-            mask = random_mask(imgs.shape[0], self.num_patches, mask_ratio, device=imgs.device)
-        latent = self.forward_encoder(imgs, mask)
-        need_hidden = return_hidden or len(self.pyramid_heads) > 0
-        pred, hidden = self.forward_decoder(latent, mask, return_hidden=need_hidden)
-        preds, gates = [pred], []
+        # The MAE forward, asking for decoder states whenever there are coarse heads to feed.
+        out = super().forward(imgs, mask, mask_ratio=mask_ratio,
+                              return_hidden=return_hidden or len(self.pyramid_heads) > 0)
+        preds, gates = [out.pred], []
         for head, blk in zip(self.pyramid_heads, self.source_blocks[1:]):
-            p, g = head(hidden[blk])
+            p, g = head(out.decoder_hidden[blk])
             preds.append(p)
             gates.append(g)
         return VPMIMOutput(
-            pred=pred,
-            mask=mask,
-            latent=latent,
-            decoder_hidden=hidden if return_hidden else [],
+            pred=out.pred,
+            mask=out.mask,
+            latent=out.latent,
+            decoder_hidden=out.decoder_hidden if return_hidden else [],
             pyramid_preds=preds,
             pyramid_gates=gates,
         )
