@@ -34,6 +34,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     pyramid_scales: list | None = None  # VP-MIM pyramid reconstruction, e.g. [1, 2, 4]; None = MAE head only
     pyramid_weights: list | None = None  # loss weight per scale; None = 1/scale
+    method_kwargs: dict = field(default_factory=dict)  # zoo methods' own options (docs/zoo.md), e.g. {blur_sigma: 1.5}
 
 
 @dataclass

@@ -7,6 +7,7 @@ Failures raise :class:`priormim.errors.UserError` naming the file.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -148,19 +149,51 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(arr, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
+class WriteError(UserError, OSError):
+    """A file could not be written (disk full, no permission, ...). It is a UserError (the CLI
+    prints one line naming the file and the fix) and still an OSError for callers that catch
+    those; ``errno`` is the original error's."""
+
+    def __init__(self, message: str, path: str | Path | None = None, errno_: int | None = None) -> None:
+        UserError.__init__(self, message, path)
+        self.errno = errno_
+
+
+def _write_fix(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space (or choose another output folder) and run the command again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "fix the folder's permissions or choose another output folder"
+    return "check the output folder and run the command again"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash never leaves a half-written file."""
+    """Write ``data`` to ``path`` so that a crash never leaves a half-written file.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, and the file
+    is renamed over ``path``: readers see the old file or the new one, never a mix. A
+    failure (full disk, no permission) leaves the old file untouched, removes the
+    temporary one and raises :class:`WriteError` naming ``path`` and the fix.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, WriteError):
+            raise
+        raise WriteError(f"cannot write ({exc.strerror or exc}); {_write_fix(exc)}", path, exc.errno) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

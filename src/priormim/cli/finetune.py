@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 
@@ -64,6 +65,9 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
     train.add_argument("--train-crop", type=int, help="unet only: train on random windows of this size (faster on CPU)")
     train.add_argument("--label", help="method name in the results table")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue an interrupted seed from seed<k>/last.ckpt (same options required); "
+                       "several GPUs: torchrun --nproc-per-node N -m priormim finetune seg ... shares the seeds out")
     p.set_defaults(func=run_seg)
     return p
 
@@ -93,7 +97,8 @@ def run_seg(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
         warmup_epochs=args.warmup_epochs, augment=not args.no_augment, train_crop=args.train_crop, label=args.label, device=args.device,
     )
-    result = finetune_segmentation(cfg)
-    print(result.results_md.read_text(encoding="utf-8"))
-    print(f"results -> {result.results_md}, {result.results_csv}")
+    result = finetune_segmentation(cfg, resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(result.results_md.read_text(encoding="utf-8"))
+        print(f"results -> {result.results_md}, {result.results_csv}")
     return 0

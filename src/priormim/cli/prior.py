@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prior_subparsers = parser.add_subparsers(dest="prior_command", metavar="PRIOR")
     prior_subparsers.required = True
     _register_vessel(prior_subparsers)
+    _register_merge(prior_subparsers)
+    _register_verify(prior_subparsers)
     try:
         from priormim.cli import prior_gaze
     except ModuleNotFoundError as exc:
@@ -62,12 +64,68 @@ def _register_vessel(prior_subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep responses next to flat regions touching the image edge (collimator); default drops them",
     )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="compute only shard I of N (0-based; every N-th image of the sorted list), e.g. one SLURM array "
+        "task each: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT. Shards share --out; each keeps "
+        "manifest.shard-I-of-N.json/.csv and the last one to finish merges them into manifest.json/.csv",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_vessel)
 
 
+def _register_merge(prior_subparsers: argparse._SubParsersAction) -> None:
+    p = prior_subparsers.add_parser(
+        "merge",
+        help="merge the per-shard manifests of `prior vessel --shard I/N` into manifest.json/.csv",
+        description="Merge manifest.shard-I-of-N.json of every shard in --out into manifest.json and the data "
+        "manifest manifest.csv (for `priormim pretrain --manifest`). Fails naming the missing shards. The last "
+        "shard to finish does this by itself; run it by hand after re-running a shard.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="the prior folder the shards wrote to")
+    p.add_argument("--count", type=int, help="N of --shard I/N (default: from the file names)")
+    p.set_defaults(func=run_merge)
+
+
+def _register_verify(prior_subparsers: argparse._SubParsersAction) -> None:
+    p = prior_subparsers.add_parser(
+        "verify",
+        help="check a data manifest: files present, sizes and (with --checksums) SHA-256 unchanged",
+        description="Check every row of a data manifest (CSV/Parquet: image, prior, label, bytes, sha256, "
+        "prior_sha256). Exit 0 when all rows are fine, 1 when some files are missing or changed (listed).",
+    )
+    p.add_argument("--manifest", required=True, metavar="FILE", help="manifest.csv (or .parquet)")
+    p.add_argument("--checksums", action="store_true", help="also re-hash every file (reads all bytes)")
+    p.set_defaults(func=run_verify)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from priormim.priors.cache import merge_vessel_shards
+
+    path, n = merge_vessel_shards(args.out, count=args.count)
+    print(f"merged shards: {n} priors -> {path}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from priormim.data.manifest import read_manifest, verify_manifest
+
+    entries = read_manifest(args.manifest)
+    bad = verify_manifest(entries, checksums=args.checksums)
+    for e, reason in bad[:20]:
+        print(f"priormim: {e.image}: {reason}", file=sys.stderr)
+    if len(bad) > 20:
+        print(f"priormim: ... and {len(bad) - 20} more", file=sys.stderr)
+    print(f"{args.manifest}: {len(entries) - len(bad)} of {len(entries)} rows ok, {len(bad)} missing or changed")
+    return 1 if bad else 0
+
+
 def run_vessel(args: argparse.Namespace) -> int:
     """Returns 0 when the job ran (failures are counted in the summary), 1 when every image failed."""
+    from priormim.data.manifest import parse_shard
+
+    shard = parse_shard(args.shard) if args.shard else None
     summary = compute_vessel_priors(
         args.images,
         args.out,
@@ -80,8 +138,12 @@ def run_vessel(args: argparse.Namespace) -> int:
         black_ridges=not args.bright_vessels,
         collimator=not args.no_collimator,
         progress=not args.no_progress,
+        shard=shard,
     )
     for path, reason in summary.failed:
         print(f"priormim: skipped {path.name}: {reason}", file=sys.stderr)
     print(summary.line())
+    if shard is not None:
+        print(f"shard {shard[0]}/{shard[1]} done" + ("; all shards finished, manifests merged" if summary.merged else
+              "; the last shard to finish merges the manifests (or run `priormim prior merge`)"))
     return 1 if summary.n_total and summary.n_failed == summary.n_total else 0

@@ -69,8 +69,20 @@ class PretrainDataset(Dataset):
 
     Items are dicts: ``image`` float ``[1, S, S]`` normalised with the data set's mean/std,
     ``prior`` float ``[1, S, S]`` (0/1 vessel map or gaze heat; zeros when there is no prior),
-    ``index`` int.
+    ``index`` int, ``skipped`` int (unreadable files replaced to make this item, see below).
+
+    An item key is an index, or ``(index, epoch)`` (what
+    :class:`priormim.training.distributed.GlobalBatchSampler` yields): then the random crop and
+    flip are drawn from a generator seeded by ``(seed, epoch, index)``, so a sample's
+    augmentation does not depend on the loader worker, the rank or a resume, and the item also
+    carries ``epoch``.
+
+    With ``skip_unreadable`` an image that cannot be read (or whose prior does not fit) is
+    logged and replaced by the next readable one; ``skipped`` counts the replacements so the
+    trainer can report them. Decoding and the paired crop run in the loader's workers.
     """
+
+    max_replacements = 16
 
     def __init__(
         self,
@@ -80,12 +92,16 @@ class PretrainDataset(Dataset):
         norm_mean: float,
         norm_std: float,
         prior_loader: PriorLoader | None = None,
+        seed: int = 0,
+        skip_unreadable: bool = False,
     ) -> None:
         self.paths = list(paths)
         self.transform = transform
         self.norm_mean = norm_mean
         self.norm_std = norm_std
         self.prior_loader = prior_loader
+        self.seed = int(seed)
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -103,12 +119,44 @@ class PretrainDataset(Dataset):
                     "delete the prior cache to recompute it",
                     path,
                 )
+            if not torch.isfinite(prior).all():
+                raise UserError("prior holds NaN or infinite values; delete the prior cache to recompute it", path)
         else:
             prior = torch.zeros_like(img)
         return img, prior
 
-    def __getitem__(self, i: int) -> dict:
-        img, prior = self.load(i)
-        img, prior = self.transform(tv_tensors.Image(img), tv_tensors.Mask(prior))
+    def _load_readable(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, int]:
+        """``(index used, image, prior, replacements)``: ``i``, or the next readable one."""
+        if not self.skip_unreadable:
+            return (i, *self.load(i), 0)
+        for k in range(min(self.max_replacements, len(self.paths))):
+            j = (i + k) % len(self.paths)
+            try:
+                return (j, *self.load(j), k)
+            except UserError as exc:
+                log.warning("skipped: %s", exc)
+        raise UserError(
+            f"{self.max_replacements} images in a row could not be read; check the data (see the warnings above)",
+            self.paths[i],
+        )
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        from priormim.training.distributed import AUGMENT_STREAM, sample_seed
+
+        if isinstance(key, (tuple, list)):
+            i, epoch = int(key[0]), int(key[1])
+        else:
+            i, epoch = int(key), None
+        _, img, prior, skipped = self._load_readable(i)
+        if epoch is None:
+            img, prior = self.transform(tv_tensors.Image(img), tv_tensors.Mask(prior))
+        else:
+            # Seeded per (run seed, epoch, sample): fork_rng restores the worker's own stream.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, i, AUGMENT_STREAM))
+                img, prior = self.transform(tv_tensors.Image(img), tv_tensors.Mask(prior))
         img = (img.as_subclass(torch.Tensor) - self.norm_mean) / self.norm_std
-        return {"image": img, "prior": prior.as_subclass(torch.Tensor).float(), "index": i}
+        item = {"image": img, "prior": prior.as_subclass(torch.Tensor).float(), "index": i, "skipped": skipped}
+        if epoch is not None:
+            item["epoch"] = epoch
+        return item

@@ -64,6 +64,73 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: tuple[int, int], cls_token: b
     return torch.from_numpy(emb).float()
 
 
+def create_pretrain_encoder(
+    encoder_name: str,
+    *,
+    img_size: int | tuple[int, int],
+    in_chans: int,
+    encoder_kwargs: dict | None = None,
+    drop_path_rate: float = 0.0,
+) -> nn.Module:
+    """The head-less timm ``VisionTransformer`` every pretraining model here trains.
+
+    Raises ValueError when ``encoder_name`` is not a ViT with a fixed patch grid.
+    """
+    encoder = timm.create_model(
+        encoder_name,
+        pretrained=False,
+        num_classes=0,
+        in_chans=in_chans,
+        img_size=img_size,
+        drop_path_rate=drop_path_rate,
+        **dict(encoder_kwargs or {}),
+    )
+    if not hasattr(getattr(encoder, "patch_embed", None), "grid_size"):
+        raise ValueError(f"{encoder_name} is not a ViT with a fixed patch grid")
+    return encoder
+
+
+def encoder_geometry(encoder: nn.Module) -> tuple[int, tuple[int, int]]:
+    """``(patch_size, (gh, gw))`` of a timm ViT."""
+    pe = encoder.patch_embed
+    return int(pe.patch_size[0]), (int(pe.grid_size[0]), int(pe.grid_size[1]))
+
+
+def encode_tokens(
+    encoder: nn.Module,
+    imgs: Tensor,
+    *,
+    ids_keep: Tensor | None = None,
+    mask: Tensor | None = None,
+    mask_token: Tensor | None = None,
+) -> Tensor:
+    """Run a timm ViT on image tokens, the timm way (prefix tokens, position embeddings, norms).
+
+    Args:
+        encoder: a timm ``VisionTransformer``.
+        imgs: ``[B, C, H, W]``.
+        ids_keep: ``[B, n_keep]`` long: encode only these patches (MAE). None: all patches.
+        mask, mask_token: bool ``[B, L]`` and ``[1, 1, D]``: replace the masked patch embeddings
+            by ``mask_token`` before the position embedding (SimMIM); all patches are encoded.
+    Returns:
+        ``[B, prefix + n, D]`` after the final norm (n = n_keep, or L).
+    """
+    x = encoder.patch_embed(imgs)
+    if mask is not None:
+        if mask_token is None:
+            raise ValueError("mask needs a mask_token")
+        x = torch.where(mask[..., None], mask_token.to(x.dtype).expand_as(x), x)
+    x = encoder._pos_embed(x)  # adds prefix (cls) tokens and position embeddings the timm way
+    if ids_keep is not None:
+        n_prefix = int(getattr(encoder, "num_prefix_tokens", 1))
+        prefix, patches = x[:, :n_prefix], x[:, n_prefix:]
+        patches = torch.gather(patches, 1, ids_keep[..., None].expand(-1, -1, patches.shape[-1]))
+        x = torch.cat([prefix, patches], dim=1)
+    x = encoder.norm_pre(x)
+    x = encoder.blocks(x)
+    return encoder.norm(x)
+
+
 @dataclass
 class MAEOutput:
     """What :meth:`MaskedAutoencoder.forward` returns.
@@ -110,21 +177,12 @@ class MaskedAutoencoder(nn.Module):
         super().__init__()
         self.encoder_name = encoder_name
         self.encoder_kwargs = dict(encoder_kwargs or {})
-        self.encoder = timm.create_model(
-            encoder_name,
-            pretrained=False,
-            num_classes=0,
-            in_chans=in_chans,
-            img_size=img_size,
+        self.encoder = create_pretrain_encoder(
+            encoder_name, img_size=img_size, in_chans=in_chans, encoder_kwargs=self.encoder_kwargs,
             drop_path_rate=drop_path_rate,
-            **self.encoder_kwargs,
         )
-        pe = self.encoder.patch_embed
-        if not hasattr(pe, "grid_size"):
-            raise ValueError(f"{encoder_name} is not a ViT with a fixed patch grid")
         self.in_chans = in_chans
-        self.patch_size = int(pe.patch_size[0])
-        self.grid_size: tuple[int, int] = (int(pe.grid_size[0]), int(pe.grid_size[1]))
+        self.patch_size, self.grid_size = encoder_geometry(self.encoder)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.num_prefix_tokens = int(getattr(self.encoder, "num_prefix_tokens", 1))
         self.norm_pix_loss = norm_pix_loss
@@ -154,16 +212,7 @@ class MaskedAutoencoder(nn.Module):
 
     def forward_encoder(self, imgs: Tensor, mask: Tensor) -> Tensor:
         """Encode the visible patches. imgs ``[B, C, H, W]``, mask bool ``[B, L]`` -> ``[B, prefix+n_keep, D]``."""
-        enc = self.encoder
-        x = enc.patch_embed(imgs)
-        x = enc._pos_embed(x)  # adds prefix (cls) tokens and position embeddings the timm way
-        prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
-        ids_keep = mask_to_indices(mask).ids_keep
-        patches = torch.gather(patches, 1, ids_keep[..., None].expand(-1, -1, patches.shape[-1]))
-        x = torch.cat([prefix, patches], dim=1)
-        x = enc.norm_pre(x)
-        x = enc.blocks(x)
-        return enc.norm(x)
+        return encode_tokens(self.encoder, imgs, ids_keep=mask_to_indices(mask).ids_keep)
 
     def forward_decoder(self, latent: Tensor, mask: Tensor, *, return_hidden: bool = False) -> tuple[Tensor, list[Tensor]]:
         """Decode to every patch. latent ``[B, prefix+n_keep, D]`` -> ``([B, L, p*p*C], hidden)``."""

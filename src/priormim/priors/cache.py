@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ __all__ = [
     "PriorCacheSummary",
     "compute_vessel_priors",
     "ensure_vessel_priors",
+    "merge_vessel_shards",
     "prior_path",
     "load_prior",
     "read_manifest",
@@ -61,6 +64,7 @@ class PriorCacheSummary:
     n_failed: int  # unreadable images (see ``failed``)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (image, reason)
     out: Path = Path(".")
+    merged: bool = False  # sharded run: this shard completed the set and merged the manifests
 
     def line(self) -> str:
         """One-line human summary, naming the failed files."""
@@ -130,9 +134,9 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def read_manifest(out: str | Path) -> dict[str, Any] | None:
+def read_manifest(out: str | Path, name: str = MANIFEST_NAME) -> dict[str, Any] | None:
     """The manifest of a prior folder, or None if there is none (or it is unreadable)."""
-    path = Path(out) / MANIFEST_NAME
+    path = Path(out) / name
     if not path.is_file():
         return None
     try:
@@ -146,9 +150,31 @@ def read_manifest(out: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def _write_manifest(out: Path, params: dict[str, Any], files: dict[str, Any]) -> None:
-    data = {"kind": _KIND, "version": _VERSION, "params": params, "files": files}
-    atomic_write_bytes(out / MANIFEST_NAME, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+def shard_state_name(index: int, count: int) -> str:
+    """State file of shard ``index`` of ``count``: ``manifest.shard-0003-of-0008.json``."""
+    return f"manifest.shard-{index:04d}-of-{count:04d}.json"
+
+
+def _write_manifest(out: Path, params: dict[str, Any], files: dict[str, Any], *, name: str = MANIFEST_NAME,
+                    extra: dict[str, Any] | None = None) -> None:
+    data = {"kind": _KIND, "version": _VERSION, "params": params, **(extra or {}), "files": files}
+    atomic_write_bytes(out / name, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _write_csv_manifest(out: Path, files: dict[str, Any], csv_name: str) -> Path:
+    """The data manifest (image, prior, bytes, checksums) of ``files`` entries, sorted by image."""
+    from priormim.data.manifest import ManifestEntry, write_manifest
+
+    rows = sorted(files.items(), key=lambda kv: kv[1].get("source", ""))
+    return write_manifest(
+        out / csv_name,
+        [
+            ManifestEntry(image=Path(e["source"]), prior=out / name, bytes=e.get("source_size"),
+                          sha256=e.get("sha256"), prior_sha256=e.get("prior_sha256"))
+            for name, e in rows
+            if (out / name).is_file()
+        ],
+    )
 
 
 def _source_stamp(path: Path) -> tuple[int, int]:
@@ -156,8 +182,11 @@ def _source_stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+_FLUSH_SECONDS = 10.0  # rewrite the state file at most this often (and at the end)
+
+
 def compute_vessel_priors(
-    images: str | Path,
+    images: str | Path | Sequence[Path],
     out: str | Path,
     *,
     batch_size: int = 16,
@@ -169,71 +198,132 @@ def compute_vessel_priors(
     black_ridges: bool = True,
     collimator: bool = True,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> PriorCacheSummary:
     """Compute the vessel prior of every image in ``images`` into ``out`` (resumable).
 
+    ``images`` is a folder, or a list of image paths (e.g. from a data manifest).
     Images are read with :func:`priormim.io.read_gray`, grouped by size into batches of up
     to ``batch_size`` and passed through :func:`priormim.priors.vessel_mask` (see there for
     ``percentile``, ``border``, ``keep``, ``sigmas``, ``black_ridges``, ``collimator``); each mask is
-    written atomically as ``<out>/<stem>.png`` (0/255) and the manifest is rewritten
-    atomically after every batch. Files already up to date are skipped; unreadable images
-    and name clashes (``a.png`` and ``a.jpg``) are reported in the summary, never fatal.
+    written atomically as ``<out>/<stem>.png`` (0/255). The state (``manifest.json``:
+    parameters and, per prior, source path, size, mtime, SHA-256, prior SHA-256) is rewritten
+    atomically every few seconds and at the end, plus a data manifest ``manifest.csv``
+    (:mod:`priormim.data.manifest`) for ``priormim pretrain --manifest``.
+
+    A re-run skips every file whose entry matches (same size and mtime, or same SHA-256 when
+    only the mtime moved) and whose output exists. Unreadable images and name clashes
+    (``a.png`` and ``a.jpg``) are reported in the summary, never fatal.
+
+    ``shard=(i, n)`` processes only shard ``i`` of ``n`` (:func:`priormim.data.manifest.shard_paths`:
+    every n-th image of the sorted list) and keeps its state in
+    ``manifest.shard-000i-of-000n.json`` / ``.csv``, so n jobs can share ``out``; the shard
+    that completes last merges them into ``manifest.json`` / ``manifest.csv``
+    (:func:`merge_vessel_shards`).
 
     Raises:
         UserError: missing/empty image folder, ``out`` equal to the image folder, bad
             parameters or an unavailable device.
     """
-    images = Path(images)
+    from priormim.data.manifest import file_sha256, shard_paths
+
     out = Path(out)
-    files = list_images(images)
-    if out.resolve() == images.resolve():
-        raise UserError("the output folder is the image folder (priors would overwrite images); pick another --out", out)
+    if isinstance(images, (str, Path)):
+        images = Path(images)
+        files = list_images(images)
+        if out.resolve() == images.resolve():
+            raise UserError("the output folder is the image folder (priors would overwrite images); pick another --out", out)
+    else:
+        files = sorted((Path(p) for p in images), key=str)
+        if not files:
+            raise UserError("no images to compute vessel priors for", out)
     if int(batch_size) != batch_size or batch_size < 1:
         raise UserError(f"batch size must be a whole number >= 1, got {batch_size}")
     params = _normalise_params(percentile, border, keep, sigmas, black_ridges, collimator)
     dev = _resolve_device(device)
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a folder; pick another --out", out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder ({exc.strerror or exc}); pick another --out", out) from exc
+    if not os.access(out, os.W_OK):
+        raise UserError("the output folder is not writable; fix its permissions or pick another --out", out)
 
-    manifest = read_manifest(out)
-    entries: dict[str, Any] = {}
-    if manifest is not None:
+    state_name = MANIFEST_NAME if shard is None else shard_state_name(*shard)
+    csv_name = "manifest.csv" if shard is None else state_name.replace(".json", ".csv")
+
+    def matching(manifest: dict[str, Any] | None) -> dict[str, Any]:
+        if manifest is None:
+            return {}
         if manifest.get("params") == params and manifest.get("version") == _VERSION and manifest.get("kind") == _KIND:
-            entries = dict(manifest["files"])
-        elif manifest["files"]:
-            logger.info("%s: parameters changed; recomputing all priors", out / MANIFEST_NAME)
+            return dict(manifest["files"])
+        if manifest["files"]:
+            logger.info("%s: parameters changed; recomputing all priors", out / state_name)
+        return {}
 
-    summary = PriorCacheSummary(n_total=len(files), n_done=0, n_skipped_existing=0, n_failed=0, out=out)
+    entries = matching(read_manifest(out, state_name))
+    if shard is not None:  # a merged (or unsharded) manifest of an earlier run counts as done too
+        for name, e in matching(read_manifest(out)).items():
+            entries.setdefault(name, e)
+
+    summary = PriorCacheSummary(n_total=0, n_done=0, n_skipped_existing=0, n_failed=0, out=out)
 
     def fail(path: Path, reason: str) -> None:
         summary.n_failed += 1
         summary.failed.append((path, reason))
         logger.warning("skipped %s: %s", path, reason)
 
-    # Decide what is left to do without reading any pixels.
-    pending: list[tuple[Path, str, tuple[int, int]]] = []
+    # Name clashes are decided over the whole list, so that shards agree on the owner.
     owners: dict[str, Path] = {}
+    clashes: list[tuple[Path, str]] = []
+    unique: list[Path] = []
     for path in files:
         name = prior_path(out, path).name
         if name in owners:
-            fail(path, f"same prior name {name} as {owners[name].name}; rename one of them")
+            clashes.append((path, f"same prior name {name} as {owners[name].name}; rename one of them"))
             continue
         owners[name] = path
+        unique.append(path)
+    mine = set(files if shard is None else shard_paths(files, *shard))
+    summary.n_total = len(mine)
+    for path, reason in clashes:
+        if path in mine:
+            fail(path, reason)
+
+    # Decide what is left to do without reading any pixels (a checksum only when the mtime moved).
+    pending: list[tuple[Path, str, tuple[int, int]]] = []
+    shard_entries: dict[str, Any] = {}
+    for path in unique:
+        if path not in mine:
+            continue
+        name = prior_path(out, path).name
         stamp = _source_stamp(path)
         entry = entries.get(name)
-        if (
-            entry is not None
-            and [entry.get("source_size"), entry.get("source_mtime_ns")] == list(stamp)
-            and (out / name).is_file()
-        ):
+        done = False
+        if entry is not None and (out / name).is_file():
+            if [entry.get("source_size"), entry.get("source_mtime_ns")] == list(stamp):
+                done = True
+            elif entry.get("sha256") and entry.get("source_size") == stamp[0] and file_sha256(path) == entry["sha256"]:
+                entry = {**entry, "source_mtime_ns": stamp[1]}  # touched, not changed
+                done = True
+        if done:
             summary.n_skipped_existing += 1
+            shard_entries[name] = entry
         else:
-            entries.pop(name, None)
             pending.append((path, name, stamp))
+    entries = shard_entries
+    extra = None if shard is None else {"shard": list(shard), "complete": False}
 
-    bar = tqdm(total=len(files), initial=len(files) - len(pending), disable=not progress, unit="img", desc="vessel priors")
+    bar = tqdm(total=len(mine), initial=len(mine) - len(pending), disable=not progress, unit="img", desc="vessel priors")
     buckets: dict[tuple[int, int], list[tuple[Path, str, tuple[int, int], np.ndarray]]] = {}
+    last_flush = time.monotonic()
+
+    def flush(force: bool = False) -> None:
+        nonlocal last_flush
+        if force or time.monotonic() - last_flush >= _FLUSH_SECONDS:
+            _write_manifest(out, params, entries, name=state_name, extra=extra)
+            last_flush = time.monotonic()
 
     def run_batch(batch: list[tuple[Path, str, tuple[int, int], np.ndarray]]) -> None:
         x = torch.from_numpy(np.stack([item[3] for item in batch])).unsqueeze(1).to(dev)
@@ -253,12 +343,14 @@ def compute_vessel_priors(
                 "source": str(path.resolve()),
                 "source_size": stamp[0],
                 "source_mtime_ns": stamp[1],
+                "sha256": file_sha256(path),
+                "prior_sha256": file_sha256(out / name),
                 "height": int(img.shape[0]),
                 "width": int(img.shape[1]),
                 "vessel_fraction": round(float(m.mean()), 6),
             }
         summary.n_done += len(batch)
-        _write_manifest(out, params, entries)
+        flush()
         bar.update(len(batch))
 
     try:
@@ -275,11 +367,64 @@ def compute_vessel_priors(
                 run_batch(buckets.pop(img.shape))
         for shape in list(buckets):
             run_batch(buckets.pop(shape))
-        if summary.n_done == 0:  # still record the parameters (e.g. a fresh or stale manifest)
-            _write_manifest(out, params, entries)
+        if extra is not None:
+            extra["complete"] = True
     finally:
         bar.close()
+        try:
+            flush(force=True)
+        except OSError as exc:
+            raise UserError(f"cannot write the prior manifest ({exc.strerror or exc}); free disk space or fix permissions",
+                            out / state_name) from exc
+    _write_csv_manifest(out, entries, csv_name)
+    if shard is not None:
+        summary.merged = _merge_if_complete(out, shard[1])
     return summary
+
+
+def _shard_states(out: Path, count: int) -> dict[int, dict[str, Any] | None]:
+    return {i: read_manifest(out, shard_state_name(i, count)) for i in range(count)}
+
+
+def _merge_if_complete(out: Path, count: int) -> bool:
+    states = _shard_states(out, count)
+    if all(s is not None and s.get("complete") for s in states.values()):
+        merge_vessel_shards(out, count=count)
+        return True
+    return False
+
+
+def merge_vessel_shards(out: str | Path, *, count: int | None = None) -> tuple[Path, int]:
+    """Merge the per-shard states of ``out`` into ``manifest.json`` and ``manifest.csv``.
+
+    ``count`` (the N of ``--shard I/N``) is read from the state file names when not given.
+    Returns ``(manifest.csv path, number of priors)``. Raises UserError when a shard is
+    missing or unfinished, or the shards were made with different parameters.
+    """
+    out = Path(out)
+    if count is None:
+        counts = sorted({int(p.name.split("-of-")[1].split(".")[0]) for p in out.glob("manifest.shard-*-of-*.json")})
+        if not counts:
+            raise UserError("holds no shard states (manifest.shard-I-of-N.json); run `priormim prior vessel --shard I/N` first", out)
+        if len(counts) > 1:
+            raise UserError(f"holds shard states of different runs (N = {', '.join(map(str, counts))}); delete the stale ones", out)
+        count = counts[0]
+    states = _shard_states(out, count)
+    missing = [i for i, s in states.items() if s is None or not s.get("complete")]
+    if missing:
+        listed = ", ".join(f"{i}/{count}" for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise UserError(f"{len(missing)} of {count} shards are missing or unfinished ({listed}); run them, then merge again", out)
+    params = {json.dumps(s["params"], sort_keys=True) for s in states.values()}
+    if len(params) != 1:
+        raise UserError("the shards were computed with different parameters; re-run them with the same options", out)
+    files: dict[str, Any] = {}
+    for i in range(count):
+        files.update(states[i]["files"])
+    first = states[0]
+    _write_manifest(out, first["params"], dict(sorted(files.items())))
+    path = _write_csv_manifest(out, files, "manifest.csv")
+    logger.info("merged %d shards into %s (%d priors)", count, path, len(files))
+    return path, len(files)
 
 
 def ensure_vessel_priors(

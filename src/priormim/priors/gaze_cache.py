@@ -215,6 +215,7 @@ def compute_gaze_priors(
     finally:
         totals = _write_manifest(manifest_path, params, files, gaze)
 
+    _write_data_manifest(out, image_files, files)
     current = {p.stem for p in image_files}
     status = [files.get(s, {}).get("status") for s in current]
     return GazeCacheSummary(
@@ -232,6 +233,20 @@ def compute_gaze_priors(
         dropped_invalid=totals["dropped_invalid"],
         gaze=gaze,
     )
+
+
+def _write_data_manifest(out: Path, image_files: list[Path], files: dict[str, dict]) -> None:
+    """``out/manifest.csv``: image, heatmap, sizes and checksums of every cached image, for
+    ``priormim pretrain --manifest`` (see :mod:`priormim.data.manifest`)."""
+    from priormim.data.manifest import make_entry, write_manifest
+
+    entries = []
+    for path in image_files:
+        entry = files.get(path.stem)
+        target = out / f"{path.stem}.npy"
+        if entry is not None and entry.get("status") in ("ok", "empty") and entry.get("image") == path.name and target.is_file():
+            entries.append(make_entry(path, target))
+    write_manifest(out / "manifest.csv", entries)
 
 
 def gaze_prior_path(out_dir: str | Path, image_path: str | Path) -> Path:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -218,11 +219,25 @@ def read_label_mask(path: str | Path, *, max_ambiguous: float = 0.01) -> np.ndar
     return arr > 0.5
 
 
-def load_samples(pairs: Sequence[Any]) -> list[SegSample]:
-    """Read ``SegPair``-like objects (``.image``, ``.mask`` paths, ``.name``) into memory."""
+def load_samples(pairs: Sequence[Any], skipped: list[tuple[str, str]] | None = None) -> list[SegSample]:
+    """Read ``SegPair``-like objects (``.image``, ``.mask`` paths, ``.name``) into memory.
+
+    A pair whose image or mask file cannot be decoded (corrupt, truncated, not an image) is
+    logged and left out; with a ``skipped`` list, ``(name, reason)`` is appended to it. A mask
+    that is readable but wrong (not binary, another size than its image) is a UserError: that
+    is a data-preparation mistake to fix, not a damaged file.
+    """
     out = []
     for p in pairs:
-        image, mask = read_gray(p.image), read_label_mask(p.mask)
+        try:
+            image = read_gray(p.image)
+            read_gray(p.mask)
+        except UserError as exc:
+            log.warning("skipped %s: %s", p.name, exc)
+            if skipped is not None:
+                skipped.append((p.name, str(exc)))
+            continue
+        mask = read_label_mask(p.mask)
         if image.shape != mask.shape:
             raise UserError(f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {image.shape[1]}x{image.shape[0]}; resize the mask", p.mask)
         out.append(SegSample(name=p.name, image=image, mask=mask))
@@ -530,23 +545,26 @@ class SegData:
     val: list[SegSample]
     test: list[SegSample]
     split: dict[str, Any]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason): unreadable pairs left out
 
 
 def prepare_data(cfg: SegFinetuneConfig) -> SegData:
     """Read the folders and make the fixed train / val / test split (``cfg`` resolved)."""
     from priormim.data.readers import read_segmentation_folder
 
+    # Sizes are checked on the decoded pixels (load_samples), so that a corrupt file is skipped
+    # and counted there instead of failing the header check here.
     if cfg.data is not None:
-        pairs = read_segmentation_folder(cfg.data, check_binary=False)
+        pairs = read_segmentation_folder(cfg.data, check_sizes=False, check_binary=False)
         split = fixed_split([p.name for p in pairs], seed=cfg.split_seed, fractions=cfg.split_fractions)
         by_name = {p.name: p for p in pairs}
         sets = {k: [by_name[n] for n in v] for k, v in split.items()}
         source = {"data": str(cfg.data), "split_seed": cfg.split_seed, "fractions": list(cfg.split_fractions)}
     else:
-        train_pairs = read_segmentation_folder(cfg.train, check_binary=False)
-        test_pairs = read_segmentation_folder(cfg.test, check_binary=False)
+        train_pairs = read_segmentation_folder(cfg.train, check_sizes=False, check_binary=False)
+        test_pairs = read_segmentation_folder(cfg.test, check_sizes=False, check_binary=False)
         if cfg.val is not None:
-            val_pairs = read_segmentation_folder(cfg.val, check_binary=False)
+            val_pairs = read_segmentation_folder(cfg.val, check_sizes=False, check_binary=False)
         else:
             tr, va = carve_validation([p.name for p in train_pairs], fraction=cfg.val_fraction, seed=cfg.split_seed)
             val_pairs = [p for p in train_pairs if p.name in set(va)]
@@ -558,7 +576,16 @@ def prepare_data(cfg: SegFinetuneConfig) -> SegData:
         if overlap:
             raise UserError(f"{len(overlap)} test images are also training images; pass separate folders", cfg.test)
     split = {"source": source, **{k: [p.name for p in v] for k, v in sets.items()}}
-    return SegData(train=load_samples(sets["train"]), val=load_samples(sets["val"]), test=load_samples(sets["test"]), split=split)
+    skipped: list[tuple[str, str]] = []
+    loaded = {k: load_samples(v, skipped) for k, v in sets.items()}
+    for k, where in (("train", cfg.train or cfg.data), ("val", cfg.val or cfg.train or cfg.data), ("test", cfg.test or cfg.data)):
+        if not loaded[k]:
+            raise UserError(f"no readable {k} image/mask pair is left ({len(sets[k])} listed, all unreadable); "
+                            "check the files named in the warnings above", where)
+    if skipped:
+        log.warning("%d unreadable image/mask pair(s) skipped: %s", len(skipped), ", ".join(n for n, _ in skipped[:5])
+                    + (", ..." if len(skipped) > 5 else ""))
+    return SegData(train=loaded["train"], val=loaded["val"], test=loaded["test"], split=split, skipped=skipped)
 
 
 def _seed_everything(seed: int) -> torch.Generator:
@@ -568,13 +595,44 @@ def _seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path) -> dict[str, Any]:
+def _resume_fingerprint(cfg: SegFinetuneConfig, seed: int) -> dict[str, Any]:
+    """The settings a checkpoint must share with the run that resumes it."""
+    d = cfg.to_dict()
+    for k in ("out", "device", "label"):
+        d.pop(k, None)
+    d["seeds"] = [seed]
+    return d
+
+
+def load_seed_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest loadable checkpoint of a seed folder (``last.ckpt``, else ``previous.ckpt``)."""
+    from priormim.training.checkpoint import load_checkpoint
+
+    for name in ("last.ckpt", "previous.ckpt"):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        try:
+            return path, load_checkpoint(path)
+        except UserError as exc:
+            log.warning("skipping %s", exc)
+    return None
+
+
+def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path, *, resume: bool = False,
+                   device: torch.device | None = None) -> dict[str, Any]:
     """Train with ``seed``, keep the best-val-Dice epoch, score it on the test set.
 
-    Writes ``model.safetensors``, ``config.json`` then ``metrics.json`` into ``run_dir`` and
-    returns the metrics dict.
+    After every epoch ``run_dir/last.ckpt`` is written atomically (the one before it kept as
+    ``previous.ckpt``): model, optimizer, scheduler, epoch, step, best-so-far (Dice, epoch,
+    weights), the validation curve and every RNG stream. With ``resume`` the newest loadable one
+    is restored and training continues after its epoch, giving the same result as an
+    uninterrupted run (deterministic on CPU). Writes ``model.safetensors``, ``config.json``
+    then ``metrics.json`` into ``run_dir``, removes the checkpoints and returns the metrics.
     """
-    device = resolve_device(cfg.device)
+    from priormim.training.checkpoint import rng_state, save_checkpoint, set_rng_state
+
+    device = device if device is not None else resolve_device(cfg.device)
     gen = _seed_everything(seed)
     model, model_config, norm = create_segmenter(cfg)
     norm = norm or compute_norm_stats([s.image for s in data.train])
@@ -590,8 +648,29 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
     eval_kw = dict(img_size=cfg.img_size, norm=norm, device=device, batch_size=max(bs, 4))
 
     best_dice, best_epoch, best_state, curve = -1.0, 0, None, []
-    step, t0 = 0, time.time()
-    for epoch in range(1, cfg.epochs + 1):
+    step, t0, start_epoch, elapsed = 0, time.time(), 1, 0.0
+    fingerprint = _resume_fingerprint(cfg, seed)
+    if resume:
+        found = load_seed_checkpoint(run_dir)
+        if found is None:
+            log.info("seed %d: no checkpoint in %s, starting from scratch", seed, run_dir)
+        else:
+            path, ckpt = found
+            if ckpt.get("fingerprint") != fingerprint:
+                raise UserError("checkpoint was made with other settings (epochs, lr, model, data ...); "
+                                "use the same options, or a new --out, or drop --resume", path)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            start_epoch, step = int(ckpt["epoch"]) + 1, int(ckpt["step"])
+            best_dice, best_epoch, curve = float(ckpt["best_dice"]), int(ckpt["best_epoch"]), list(ckpt["curve"])
+            best_state = ckpt["best_state"]
+            elapsed = float(ckpt.get("train_time_s", 0.0))
+            gen.set_state(ckpt["generator"])
+            set_rng_state(ckpt["rng"])
+            log.info("seed %d: resumed from %s after epoch %d", seed, path, start_epoch - 1)
+    t0 -= elapsed
+    for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         order = torch.randperm(len(data.train), generator=gen)
         losses = []
@@ -619,6 +698,16 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         log.info("seed %d epoch %d/%d  loss %.4f  val DSC %.4f  (best %.4f @%d)  lr %.2e  %.0fs",
                  seed, epoch, cfg.epochs, curve[-1]["train_loss"], dice, best_dice, best_epoch, lr, time.time() - t0)
+        if epoch < cfg.epochs:
+            last = run_dir / "last.ckpt"
+            if last.is_file():
+                os.replace(last, run_dir / "previous.ckpt")  # a damaged new one falls back to it
+            save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "step": step, "best_dice": best_dice, "best_epoch": best_epoch, "best_state": best_state,
+                "curve": curve, "generator": gen.get_state(), "rng": rng_state(), "fingerprint": fingerprint,
+                "train_time_s": time.time() - t0,
+            }, last)
 
     model.load_state_dict(best_state)
     summary, per_image = evaluate_samples(model, data.test, **eval_kw)
@@ -632,12 +721,15 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
         "test": {"summary": summary, "per_image": per_image},
         "val_curve": curve,
         "norm": norm.to_dict(),
-        "data": {"n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test), "source": data.split["source"]},
+        "data": {"n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+                 "n_skipped_unreadable": len(data.skipped), "source": data.split["source"]},
         "config": cfg.to_dict(),
         "train_time_s": round(time.time() - t0, 1),
         "device": str(device),
     }
     atomic_write_bytes(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode("utf-8"))
+    for name in ("last.ckpt", "previous.ckpt"):  # finished: metrics.json marks the seed done
+        (run_dir / name).unlink(missing_ok=True)
     log.info("seed %d: test DSC %.4f ± %.4f, clDice %.4f (best epoch %d) -> %s", seed, summary["dice"]["mean"],
              summary["dice"]["std"], summary["cldice"]["mean"], best_epoch, run_dir)
     return metrics
@@ -669,29 +761,84 @@ def _check_split_file(out: Path, split: dict[str, Any]) -> None:
     atomic_write_bytes(path, json.dumps(split, indent=2).encode("utf-8"))
 
 
-def finetune_segmentation(cfg: SegFinetuneConfig) -> SegRunResult:
-    """Fine-tune one model per seed, skipping seeds already finished, and write the tables."""
+def finetune_segmentation(cfg: SegFinetuneConfig, *, resume: bool = False) -> SegRunResult:
+    """Fine-tune one model per seed, skipping seeds already finished, and write the tables.
+
+    ``resume``: continue an interrupted seed from its ``last.ckpt`` (see :func:`train_one_seed`).
+
+    Under ``torchrun`` the seeds are shared out over the processes (seed ``k``-th of the list
+    on rank ``k % world_size``, each on its own GPU); every process trains whole seeds, so the
+    results are identical to a single-process run. Rank 0 writes ``split.json`` and, once all
+    seeds are done, the results tables; each rank writes only its own ``seed<k>/`` folders.
+    """
+    from priormim.training import distributed as D
+
     cfg = cfg.resolved()
+    dist = D.dist_info_from_env()
+    device = resolve_device(cfg.device, dist.local_rank)
+    if device.type == "cuda" and dist.enabled:
+        torch.cuda.set_device(device)
+    # Seeds are independent jobs: the ranks coordinate through torchrun's store and never form
+    # a process group, so evaluation code stays local to each rank.
+    group = D.StoreGroup(dist, "finetune-seg") if dist.enabled else None
+    try:
+        return _finetune_seeds(cfg, dist, group, device, resume)
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _finetune_seeds(cfg: SegFinetuneConfig, dist: Any, group: Any, device: torch.device, resume: bool) -> SegRunResult:
     data = prepare_data(cfg)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    _check_split_file(cfg.out, data.split)
-    log.info("%s: %d train / %d val / %d test images, img_size %d, %d epoch(s), seeds %s",
-             cfg.label, len(data.train), len(data.val), len(data.test), cfg.img_size, cfg.epochs, list(cfg.seeds))
-    run_dirs, summaries, skipped = [], {}, []
+
+    def setup() -> list[int]:
+        try:
+            cfg.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the output folder ({exc.strerror or exc}); choose another --out", cfg.out) from exc
+        _check_split_file(cfg.out, data.split)
+        return [s for s in cfg.seeds if (cfg.out / f"seed{s}" / "metrics.json").is_file()]
+
+    skipped = group.run_on_main(setup, "setup") if group is not None else setup()
+    if dist.is_main:
+        for seed in skipped:
+            log.info("seed %d already finished (%s); skipped", seed, cfg.out / f"seed{seed}" / "metrics.json")
+        log.info("%s: %d train / %d val / %d test images, img_size %d, %d epoch(s), seeds %s%s",
+                 cfg.label, len(data.train), len(data.val), len(data.test), cfg.img_size, cfg.epochs, list(cfg.seeds),
+                 f" over {dist.world_size} processes" if dist.enabled else "")
+    mine = [s for k, s in enumerate(cfg.seeds) if k % dist.world_size == dist.rank]
+    failure: BaseException | None = None
+    for seed in mine:
+        run_dir = cfg.out / f"seed{seed}"
+        if seed in skipped:
+            continue
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            train_one_seed(cfg, seed, data, run_dir, resume=resume, device=device)
+        except (UserError, OSError) as exc:
+            if group is None:
+                raise
+            failure = exc  # tell the others below instead of leaving them waiting
+            break
+    if group is not None:
+        failed = [r for r, f in enumerate(group.all_gather("seeds-done", None if failure is None else str(failure))) if f]
+        if failure is not None:
+            raise failure
+        if failed:
+            raise UserError(f"rank {dist.rank}: stopping because rank(s) {', '.join(map(str, failed))} failed (see their message)")
+
+    run_dirs, summaries = [], {}
     for seed in cfg.seeds:
         run_dir = cfg.out / f"seed{seed}"
-        done = run_dir / "metrics.json"
-        if done.is_file():
-            metrics = read_metrics(done)
-            log.info("seed %d already finished (%s); skipped", seed, done)
-            skipped.append(seed)
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            metrics = train_one_seed(cfg, seed, data, run_dir)
+        metrics = read_metrics(run_dir / "metrics.json")
         run_dirs.append(run_dir)
         summaries[seed] = metrics["test"]["summary"]
+    md, csv_path = cfg.out / "results.md", cfg.out / "results.csv"
     rows = aggregate_runs(run_dirs)
-    md, csv_path = write_results_table(rows, cfg.out, title=f"Vessel segmentation: {cfg.label}")
+    if dist.is_main:
+        md, csv_path = write_results_table(rows, cfg.out, title=f"Vessel segmentation: {cfg.label}")
+    if group is not None:
+        group.all_gather("tables-written", True)
     return SegRunResult(out_dir=cfg.out, method=cfg.label, run_dirs=run_dirs, summaries=summaries, skipped_seeds=skipped,
                         rows=rows, results_md=md, results_csv=csv_path)
 

@@ -8,6 +8,8 @@ processes with ``torchrun``; each process runs this same code on its shard.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import logging
 import math
@@ -25,18 +27,25 @@ import torch
 from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 
 from priormim.config import PretrainConfig, save_config
 from priormim.data.pretrain import PretrainDataset, compute_norm_stats, paired_train_transform
 from priormim.errors import UserError
-from priormim.io import list_images
+from priormim.io import atomic_write_bytes, list_images
 from priormim.losses import consistency_loss, denormalize_prediction, freeze, masked_reconstruction_loss
 from priormim.masking import MaskingContext, MaskingStrategy, build_masking, patch_prob_from_prior
 from priormim.models.export import export_encoder
 from priormim.models.mae import MaskedAutoencoder
+from priormim.models.zoo import ZOO_MODELS, ZooPretrainer
 from priormim.training import distributed as D
-from priormim.training.checkpoint import latest_valid_checkpoint, rng_state, save_checkpoint, set_rng_state
+from priormim.training.checkpoint import (
+    latest_valid_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +62,21 @@ class LossNotFinite(UserError):
 
 
 # -- set-up helpers ------------------------------------------------------------------------------
-def build_model(cfg: PretrainConfig) -> MaskedAutoencoder:
-    """MAE, or VP-MIM's pyramid model when ``model.pyramid_scales`` is set."""
+def build_model(cfg: PretrainConfig) -> nn.Module:
+    """The model for ``cfg.method``.
+
+    A zoo method (a key of :data:`priormim.models.zoo.ZOO_MODELS`: simmim, amt, hpm, deblurmim,
+    crossmae, mocov3, dino, chexworld) gets its class, built by :func:`_build_zoo_model`. Any
+    other method (mae, vasomim*, vpmim) is MAE, or VP-MIM's pyramid model when
+    ``model.pyramid_scales`` is set.
+    """
     m = cfg.model
+    zoo_cls = ZOO_MODELS.get(cfg.method)
+    if zoo_cls is not None:
+        return _build_zoo_model(zoo_cls, cfg)
+    if m.method_kwargs:
+        raise UserError(f"model.method_kwargs is for the zoo methods ({', '.join(ZOO_MODELS)}); "
+                        f"method '{cfg.method}' takes none")
     extra: dict[str, Any] = {}
     cls = MaskedAutoencoder
     if m.pyramid_scales:
@@ -67,6 +88,30 @@ def build_model(cfg: PretrainConfig) -> MaskedAutoencoder:
         return cls(**_mae_kwargs(cfg), **extra)
     except ValueError as exc:
         raise UserError(f"model: {exc}") from exc
+
+
+def _build_zoo_model(cls: type[ZooPretrainer], cfg: PretrainConfig) -> ZooPretrainer:
+    """``cls`` with the ``model.*`` options it takes (see :func:`_mae_kwargs`) and ``model.method_kwargs``.
+
+    Zoo methods compute their own loss, so VasoMIM's consistency loss, VP-MIM's gaze weighting
+    and pyramid heads are refused rather than silently ignored.
+    """
+    if cfg.consistency.enabled or cfg.gaze_weighting.enabled or cfg.model.pyramid_scales:
+        raise UserError(f"method '{cfg.method}' has its own loss: set consistency.enabled=false, "
+                        "gaze_weighting.enabled=false and no model.pyramid_scales")
+    base = _mae_kwargs(cfg)
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())  # wraps a whole MAE
+    own = sorted(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in base)
+    unknown = sorted(set(cfg.model.method_kwargs) - set(own))
+    if unknown:
+        raise UserError(f"unknown model.method_kwargs '{unknown[0]}' for method '{cfg.method}' "
+                        f"(valid: {', '.join(own) or 'none'})")
+    kwargs = {k: v for k, v in base.items() if takes_any or k in params}
+    try:
+        return cls(**kwargs, **cfg.model.method_kwargs)
+    except ValueError as exc:
+        raise UserError(f"model ({cfg.method}): {exc}") from exc
 
 
 def _mae_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
@@ -105,35 +150,110 @@ def default_prior_dir(images: Path, out: Path, kind: str) -> Path:
 
 
 def prepare_priors(cfg: PretrainConfig, images: Path, out: Path, dist: D.DistInfo) -> tuple[list[Path], Any]:
-    """Compute missing priors (rank 0) and return (usable image paths, prior loader or None)."""
-    paths = list_images(images)
-    kind = cfg.data.prior
+    """Compute missing priors (rank 0) and return (usable image paths, prior loader or None).
+
+    ``images`` is a folder or a data manifest (:mod:`priormim.data.manifest`). Rank 0 lists
+    the data, computes what is missing and tells the others (who never touch the disk here);
+    if it fails, every rank stops with its message. The prior loader is picklable (loader
+    workers may be spawned).
+    """
+    plan = D.run_on_main(lambda: _plan_priors(cfg, images, out), dist)
+    cfg.data.priors, cfg.data.gaze = plan["priors"], plan["gaze"]
+    paths = [Path(p) for p in plan["paths"]]
+    kind = plan["kind"]
     if kind == "none":
         return paths, None
-    prior_dir = Path(cfg.data.priors) if cfg.data.priors else default_prior_dir(images, out, kind)
-    cfg.data.priors = str(prior_dir)
+    if plan["prior_map"] is not None:  # a manifest names each prior file
+        prior_map = {str(k): Path(v) for k, v in plan["prior_map"].items()}
+        if kind == "vessel":
+            return paths, functools.partial(_mapped_vessel_prior, prior_map, Path(plan["priors"]))
+        return paths, functools.partial(_mapped_gaze_prior, prior_map)
     if kind == "vessel":
-        from priormim.priors.cache import ensure_vessel_priors, load_prior, prior_path
+        from priormim.priors.cache import load_prior
 
-        if dist.is_main:
-            summary = ensure_vessel_priors(images, prior_dir, progress=cfg.train.progress)
+        return paths, functools.partial(load_prior, Path(plan["priors"]))
+    from priormim.priors.gaze_cache import load_gaze_prior
+
+    return paths, functools.partial(load_gaze_prior, Path(plan["priors"]), missing="none")
+
+
+def _mapped_vessel_prior(prior_map: dict[str, Path], fallback_dir: Path, image: Path):
+    from priormim.io import read_mask
+    from priormim.priors.cache import load_prior
+
+    p = prior_map.get(str(image))
+    return read_mask(p) if p is not None else load_prior(fallback_dir, image)
+
+
+def _mapped_gaze_prior(prior_map: dict[str, Path], image: Path):
+    from priormim.priors.gaze_cache import load_gaze_prior
+
+    p = prior_map.get(str(image))
+    return None if p is None else load_gaze_prior(p.parent, p, missing="none")
+
+
+def _plan_priors(cfg: PretrainConfig, images: Path, out: Path) -> dict[str, Any]:
+    """Rank 0's half of :func:`prepare_priors`: plain data only (it is broadcast)."""
+    from priormim.data.manifest import is_manifest_path, read_manifest, verify_manifest
+
+    kind = cfg.data.prior
+    if kind not in ("vessel", "gaze", "none"):
+        raise UserError(f"data.prior must be vessel, gaze or none, got '{kind}'")
+    manifest = is_manifest_path(images)
+    prior_map: dict[str, str] | None = None
+    if manifest:
+        entries = read_manifest(images)
+        bad = verify_manifest(entries)
+        for e, reason in bad[:10]:
+            log.warning("skipped %s: %s", e.image, reason)
+        if bad:
+            log.warning("%d of %d manifest rows skipped (missing or changed files; `priormim prior verify --manifest %s`)",
+                        len(bad), len(entries), images)
+        bad_ids = {id(e) for e, _ in bad}
+        entries = [e for e in entries if id(e) not in bad_ids]
+        if not entries:
+            raise UserError("no usable rows: every image listed is missing or changed", images)
+        paths = [e.image for e in entries]
+        prior_map = {str(e.image): str(e.prior) for e in entries if e.prior is not None}
+    else:
+        paths = list_images(images)
+
+    def result(usable: list[Path], prior_dir: Path | None) -> dict[str, Any]:
+        return {"paths": [str(p) for p in usable], "kind": kind, "priors": None if prior_dir is None else str(prior_dir),
+                "gaze": cfg.data.gaze, "prior_map": prior_map if kind != "none" else None}
+
+    if kind == "none":
+        return result(paths, None)
+    if cfg.data.priors:
+        prior_dir = Path(cfg.data.priors)
+    elif manifest:
+        prior_dir = out / "priors" / kind
+    else:
+        prior_dir = default_prior_dir(images, out, kind)
+    if kind == "vessel":
+        from priormim.priors.cache import ensure_vessel_priors, prior_path
+
+        todo = paths if prior_map is None else [p for p in paths if str(p) not in prior_map]
+        if todo:
+            summary = ensure_vessel_priors(images if prior_map is None else todo, prior_dir, progress=cfg.train.progress)
             if summary.n_failed:
                 log.warning("%d image(s) could not be read and are skipped", summary.n_failed)
-        D.barrier()
-        usable = [p for p in paths if prior_path(prior_dir, p).exists()]
-        return usable, lambda p: load_prior(prior_dir, p)
-    if kind == "gaze":
-        from priormim.priors.gaze_cache import compute_gaze_priors, load_gaze_prior
+        usable = [p for p in paths if (prior_map is not None and str(p) in prior_map) or prior_path(prior_dir, p).exists()]
+        return result(usable, prior_dir)
+    # gaze
+    if prior_map is not None:
+        n_without = len(paths) - len(prior_map)
+        if n_without:
+            log.warning("%d of %d manifest rows have no gaze prior; they are masked at random", n_without, len(paths))
+        return result(paths, prior_dir)
+    from priormim.priors.gaze_cache import compute_gaze_priors
 
-        if not cfg.data.gaze and (images.resolve().parent / "gaze").is_dir():
-            cfg.data.gaze = str(images.resolve().parent / "gaze")  # the layout `priormim synth cxr` writes
-        if dist.is_main:
-            if not cfg.data.gaze:
-                raise UserError("data.prior=gaze needs data.gaze=<REFLACX-format gaze root>")
-            compute_gaze_priors(root=cfg.data.gaze, images=images, out=prior_dir, format="reflacx")
-        D.barrier()
-        return paths, lambda p: load_gaze_prior(prior_dir, p, missing="none")
-    raise UserError(f"data.prior must be vessel, gaze or none, got '{kind}'")
+    if not cfg.data.gaze and (images.resolve().parent / "gaze").is_dir():
+        cfg.data.gaze = str(images.resolve().parent / "gaze")  # the layout `priormim synth cxr` writes
+    if not cfg.data.gaze:
+        raise UserError("data.prior=gaze needs data.gaze=<REFLACX-format gaze root>")
+    compute_gaze_priors(root=cfg.data.gaze, images=images, out=prior_dir, format="reflacx", progress=cfg.train.progress)
+    return result(paths, prior_dir)
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -188,7 +308,7 @@ class StepOutput:
 
 
 def compute_losses(
-    model: MaskedAutoencoder,
+    model: nn.Module,
     batch_images: Tensor,
     mask: Tensor,
     *,
@@ -200,14 +320,23 @@ def compute_losses(
     patch_heat: Tensor | None = None,
     gaze_alpha: float = 0.5,
     gaze_gamma: float = 1.0,
+    progress: float = 0.0,
+    scores: Tensor | None = None,
 ) -> StepOutput:
     """``L = L_rec + lambda * L_cons`` for one batch. ``forward`` is the (DDP-wrapped) model.
 
     A VP-MIM model (pyramid heads) uses :func:`priormim.models.vpmim.vpmim_loss` instead,
-    weighted by ``patch_heat`` ``[B, L]`` (recalibrated gaze) when it is given.
+    weighted by ``patch_heat`` ``[B, L]`` (recalibrated gaze) when it is given. A zoo model
+    computes its whole loss in its own ``forward(images, mask, progress=, scores=)``
+    (``progress``: share of training done; ``scores``: its ``mask_scores`` for this batch).
     """
     from priormim.models.vpmim import VPMIMAutoencoder, vpmim_loss
 
+    if isinstance(model, ZooPretrainer):
+        res = (forward or model)(batch_images, mask, progress=progress, scores=scores)
+        terms = {k: v.detach() for k, v in res.terms.items()}
+        terms["loss"] = res.loss.detach()
+        return StepOutput(loss=res.loss, terms=terms)
     if isinstance(model, VPMIMAutoencoder):
         res = vpmim_loss(model, batch_images, mask, patch_heat, alpha=gaze_alpha, gamma=gaze_gamma, forward=forward)
         return StepOutput(loss=res.loss, terms={k: v.detach() for k, v in res.terms.items()})
@@ -230,9 +359,20 @@ def compute_losses(
     return StepOutput(loss=loss, terms=terms)
 
 
+def _model_mask_scores(model: nn.Module, imgs: Tensor, progress: float) -> Tensor | None:
+    """The model's own per-patch masking scores ``[B, L]`` float32 (AMT attention, HPM predicted
+    loss) from its optional ``mask_scores(images, progress=)``, or None (none / not yet)."""
+    fn = getattr(model, "mask_scores", None)
+    if fn is None:
+        return None
+    with torch.no_grad():
+        scores = fn(imgs, progress=progress)
+    return None if scores is None else scores.detach().float()
+
+
 def train_one_epoch(
     *,
-    model: MaskedAutoencoder,
+    model: nn.Module,
     forward: nn.Module,
     loader: DataLoader,
     masking: MaskingStrategy,
@@ -270,11 +410,18 @@ def train_one_epoch(
         imgs = batch["image"].to(device, non_blocking=True)
         prior = batch["prior"].to(device, non_blocking=True)
         patch_prior = patch_prob_from_prior(prior, model.patch_size)
+        step_progress = (epoch + it / steps) / epochs  # share of training done, for model schedules
+        # A model with its own scores (AMT, HPM) masks by them (None: at random), not by the prior.
+        own_scores = hasattr(model, "mask_scores")
+        scores = None
+        if own_scores:
+            with autocast_context(device, cfg.train.amp):
+                scores = _model_mask_scores(model, imgs, step_progress)
         ctx = MaskingContext(
             batch_size=imgs.shape[0],
             grid_size=model.grid_size,
             device=device,
-            patch_prior=patch_prior,
+            patch_prior=scores if own_scores else patch_prior,
             progress=progress_value,
             generator=mask_generator,
         )
@@ -292,6 +439,8 @@ def train_one_epoch(
                 patch_heat=patch_prior if cfg.gaze_weighting.enabled else None,
                 gaze_alpha=cfg.gaze_weighting.alpha,
                 gaze_gamma=cfg.gaze_weighting.gamma,
+                progress=step_progress,
+                scores=scores,
             )
         loss_value = float(step_out.loss.detach())
         if not math.isfinite(loss_value):
@@ -307,6 +456,9 @@ def train_one_epoch(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             global_step += 1
+            after_step = getattr(model, "after_optimizer_step", None)  # EMA teachers
+            if after_step is not None:
+                after_step((epoch + (it + 1) / steps) / epochs)
             scheduler.step_update(num_updates=global_step)
         # Share of masked patches that contain vessel (prior > 0): the quantity guidance raises.
         vessel_share = ((patch_prior > 0) & mask).sum() / mask.sum().clamp_min(1)
@@ -336,21 +488,24 @@ def train_one_epoch(
 
 # -- the run -------------------------------------------------------------------------------------
 def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> PretrainResult:
-    """Pretrain per ``cfg`` into run folder ``out``; returns the exported encoder path."""
+    """Pretrain per ``cfg`` into run folder ``out``; returns the exported encoder path.
+
+    ``cfg.data.images`` is a folder of images or a data manifest (``.csv`` / ``.parquet``).
+    Under ``torchrun`` every process runs this; rank 0 alone writes files. The global batch
+    (``optim.batch_size`` per process x processes x ``optim.accum_iter``) decides the lr, and
+    with ``train.deterministic`` the run is the same for any number of processes (see
+    :mod:`priormim.training.distributed`). SIGTERM (SLURM pre-emption, ``scancel``) stops the
+    run like Ctrl-C; ``--resume`` continues from the last finished epoch.
+    """
     out = Path(out)
     device = D.resolve_device(cfg.train.device)
     dist = D.init_distributed(device.type)
     if dist.enabled:
         device = D.resolve_device(cfg.train.device, dist.local_rank)
     if cfg.data.images is None:
-        raise UserError("no training images: pass --data DIR (or data.images=DIR)")
+        raise UserError("no training images: pass --data DIR or --manifest FILE (or data.images=...)")
     images = Path(cfg.data.images)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write_test").touch()
-        (out / ".write_test").unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to the output folder ({exc.strerror}); choose another --out", out) from exc
+    D.run_on_main(lambda: _check_writable_output(out), dist)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.train.seed + dist.rank)
@@ -359,11 +514,15 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
     if not paths:
         raise UserError("no usable images (all failed to read)", images)
     if cfg.data.norm_mean is None or cfg.data.norm_std is None:
-        cfg.data.norm_mean, cfg.data.norm_std = compute_norm_stats(paths, seed=cfg.train.seed)
+        cfg.data.norm_mean, cfg.data.norm_std = D.run_on_main(lambda: compute_norm_stats(paths, seed=cfg.train.seed), dist)
     norm_mean, norm_std = cfg.data.norm_mean, cfg.data.norm_std
 
     model = build_model(cfg).to(device)
     masking = build_masking_strategy(cfg)
+    per_sample = None
+    if cfg.train.deterministic:
+        # Each sample's mask from its own seed: the same masks for any number of processes.
+        masking = per_sample = D.PerSampleMasking(masking, cfg.train.seed)
     segmentor = None
     if cfg.consistency.enabled:
         segmentor = prepare_segmentor(cfg, paths, prior_loader, out, dist, device)
@@ -374,14 +533,21 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
         norm_mean=norm_mean,
         norm_std=norm_std,
         prior_loader=prior_loader,
+        seed=cfg.train.seed,
+        skip_unreadable=True,
     )
-    batch_size = min(cfg.optim.batch_size, len(dataset))
+    batch_size = min(cfg.optim.batch_size, len(dataset) // dist.world_size)
+    if batch_size < 1:
+        raise UserError(f"{len(dataset)} image(s) for {dist.world_size} processes; each process needs at least one "
+                        "image per step (add images or use fewer processes)", images)
+    sampler = D.GlobalBatchSampler(len(dataset), batch_size, rank=dist.rank, world_size=dist.world_size,
+                                   seed=cfg.train.seed)
     eff_batch = batch_size * cfg.optim.accum_iter * dist.world_size
     lr = cfg.optim.lr if cfg.optim.lr is not None else cfg.optim.blr * eff_batch / 256
     optimizer = timm.optim.create_optimizer_v2(
         model, opt="adamw", lr=lr, weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas)
     )
-    steps_per_epoch = max(1, len(dataset) // (batch_size * dist.world_size))
+    steps_per_epoch = max(1, len(sampler))
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
     updates_per_epoch = max(1, steps_per_epoch // max(1, cfg.optim.accum_iter))
@@ -397,19 +563,22 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
 
     start_epoch, global_step, history = 0, 0, []
     if resume:
-        found = latest_valid_checkpoint(out)
+        found = D.run_on_main(lambda: _latest_checkpoint_path(out), dist)
         if found is None:
             log.warning("--resume: no checkpoint in %s, starting from scratch", out)
         else:
-            ckpt_path, ckpt = found
+            ckpt = load_checkpoint(found)
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             start_epoch, global_step = ckpt["epoch"] + 1, ckpt["step"]
             history = list(ckpt.get("history", []))
-            set_rng_state(ckpt["rng"][min(dist.rank, len(ckpt["rng"]) - 1)] if isinstance(ckpt["rng"], list) else ckpt["rng"], mask_generator)
+            rng = ckpt["rng"]
+            if isinstance(rng, list):  # one state per rank; a different world size reuses the first ones
+                rng = rng[dist.rank % len(rng)]
+            set_rng_state(rng, mask_generator)
             if dist.is_main:
-                print(f"resumed from {ckpt_path} (epoch {start_epoch}, step {global_step})", file=sys.stderr)
+                print(f"resumed from {found} (epoch {start_epoch}, step {global_step})", file=sys.stderr)
     scheduler.step_update(num_updates=global_step)
 
     forward: nn.Module = model
@@ -417,60 +586,119 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if dist.is_main:
         save_config(cfg, out / "config.yaml")
+    workers = max(0, int(cfg.data.num_workers))
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_loader_worker_init if workers > 0 else None,
+        generator=torch.Generator().manual_seed(cfg.train.seed),  # keeps the global RNG out of it
+    )
+    bound = D.BoundLoader(loader, per_sample)
     logger = JsonlLogger(out, dist.is_main)
     try:
-        for epoch in range(start_epoch, cfg.optim.epochs):
-            # The shuffle and the augmentation stream depend on (seed, epoch) only, so a resumed
-            # run sees the same batches as an uninterrupted one.
-            loader_gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch)
-            if dist.enabled:
-                sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank,
-                                             shuffle=True, seed=cfg.train.seed, drop_last=True)
+        with _sigterm_as_interrupt():
+            for epoch in range(start_epoch, cfg.optim.epochs):
+                # The shuffle and the augmentation depend on (seed, epoch, sample) only, so a
+                # resumed run sees the same batches as an uninterrupted one.
                 sampler.set_epoch(epoch)
-            else:
-                sampler = RandomSampler(dataset, generator=loader_gen)
-            loader = DataLoader(
-                dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                generator=loader_gen, persistent_workers=False,
-            )
-            means, global_step = train_one_epoch(
-                model=model, forward=forward, loader=loader, masking=masking, optimizer=optimizer,
-                scheduler=scheduler, cfg=cfg, epoch=epoch, global_step=global_step, device=device,
-                segmentor=segmentor, norm_mean=norm_mean, norm_std=norm_std,
-                mask_generator=mask_generator, logger=logger, dist=dist,
-            )
-            history.append(means)
-            if dist.is_main:
-                logger.log(means, global_step, "epoch")
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "step": global_step,
-                    "masking": {k: float(v) for k, v in masking.state(
-                        MaskingContext(batch_size=1, grid_size=model.grid_size,
-                                       progress=1.0 if cfg.optim.epochs == 1 else epoch / (cfg.optim.epochs - 1))).items()},
-                    "rng": rng_state(mask_generator),
-                    "config": cfg.to_dict(),
-                    "history": history,
-                }
-                save_checkpoint(state, out / "last.ckpt")
-                if (epoch + 1) % cfg.train.save_every == 0 or epoch + 1 == cfg.optim.epochs:
-                    save_checkpoint(state, out / f"checkpoint-{epoch + 1:04d}.ckpt")
-            D.barrier()
+                means, global_step = train_one_epoch(
+                    model=model, forward=forward, loader=bound, masking=masking, optimizer=optimizer,
+                    scheduler=scheduler, cfg=cfg, epoch=epoch, global_step=global_step, device=device,
+                    segmentor=segmentor, norm_mean=norm_mean, norm_std=norm_std,
+                    mask_generator=mask_generator, logger=logger, dist=dist,
+                )
+                history.append(means)
+                rngs = D.all_gather_object(rng_state(mask_generator))  # every rank's streams
+                if dist.is_main:
+                    logger.log(means, global_step, "epoch")
+                    state = {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "step": global_step,
+                        "masking": {k: float(v) for k, v in masking.state(
+                            MaskingContext(batch_size=1, grid_size=model.grid_size,
+                                           progress=1.0 if cfg.optim.epochs == 1 else epoch / (cfg.optim.epochs - 1))).items()},
+                        "rng": rngs,
+                        "world_size": dist.world_size,
+                        "config": cfg.to_dict(),
+                        "history": history,
+                    }
+                    save_checkpoint(state, out / "last.ckpt")
+                    if (epoch + 1) % cfg.train.save_every == 0 or epoch + 1 == cfg.optim.epochs:
+                        save_checkpoint(state, out / f"checkpoint-{epoch + 1:04d}.ckpt")
+                D.barrier()
+    except OSError as exc:  # log or TensorBoard file on a full disk, ...: one line, checkpoints kept
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"cannot write ({exc.strerror or exc}); free disk space or fix permissions, then "
+                        "continue with --resume (finished epochs are kept)", exc.filename or out) from exc
     finally:
-        logger.close()
+        try:
+            logger.close()
+        except OSError:
+            pass
+    skipped = int(D.all_reduce_sum(torch.tensor(bound.skipped)))
+    if skipped and dist.is_main:
+        log.warning("%d unreadable image load(s) were skipped (replaced by the next image); see the warnings above", skipped)
     encoder_path = None
     if dist.is_main:
         encoder_path = export_run_encoder(model, cfg, out / "encoder.safetensors")
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
     D.barrier()
     return PretrainResult(run_dir=out, encoder_path=encoder_path, history=history)
 
 
-def export_run_encoder(model: MaskedAutoencoder, cfg: PretrainConfig, path: Path) -> Path:
+def _check_writable_output(out: Path) -> None:
+    """Rank 0: create the run folder and prove it is writable (UserError otherwise)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to the output folder ({exc.strerror or exc}); choose another --out", out) from exc
+
+
+def _latest_checkpoint_path(out: Path) -> Path | None:
+    found = latest_valid_checkpoint(out)
+    return None if found is None else found[0]
+
+
+def _loader_worker_init(worker_id: int) -> None:
+    # Decoding and cropping one image needs no intra-op threads; N workers x M threads would
+    # oversubscribe the cores that also feed the GPU.
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM (scancel, SLURM pre-emption, torchrun stopping workers) like Ctrl-C: stop
+    at once, keep the finished checkpoints, exit with the 'interrupted' message."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):  # not allowed here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def export_run_encoder(model: nn.Module, cfg: PretrainConfig, path: Path) -> Path:
+    """Write ``model.encoder`` only (never a zoo model's teacher, heads or predictor)."""
     kwargs = dict(cfg.model.encoder_kwargs)
     kwargs["img_size"] = cfg.model.img_size
     return export_encoder(

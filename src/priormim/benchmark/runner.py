@@ -1,0 +1,392 @@
+"""``priormim bench``: every method pretrained, fine-tuned and scored the same way.
+
+The run, in order (each step a resumable :class:`~priormim.benchmark.cells.Cell`):
+
+1. data: synthetic angiograms (deterministic by the data seed), the fixed split of every
+   ``--real`` folder, and the pretraining pool (synthetic unlabelled + real train/val +
+   ``--unlabelled``) with its vessel priors;
+2. per data set: the vesselness baseline (no training, no seed);
+3. per seed: the consistency segmentor (if a recipe needs one), one pretraining run per
+   recipe on the pool, then every method fine-tuned on every data set;
+4. the report (tables, figures, ``report.html``), rebuilt from whatever is on disk.
+
+Folder layout under ``--out``::
+
+    bench.json                                   what the run was made with (checked on re-run)
+    data/                                        see priormim.benchmark.data
+    pretrain/<recipe>/seed<k>/                   pretraining runs (encoder.safetensors, history.json)
+    pretrain/_segmentor/seed<k>/                 the frozen consistency segmentor
+    finetune/<dataset>/<method>/seed<k>/         fine-tuning runs (metrics.json)
+    finetune/<dataset>/vesselness/               the training-free baseline
+    results.md, *.csv, figures/, report.html     the report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from priormim.benchmark.budgets import Budget, get_budget
+from priormim.benchmark.cells import Cell, CellOutcome, Progress, _fmt_duration, run_cell
+from priormim.benchmark.data import BenchData, SegDataset, pool_fingerprint, prepare_data, vesselness_border
+from priormim.benchmark.methods import label, select_methods
+from priormim.errors import UserError
+from priormim.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+SUITES = {
+    "xca-small": "synthetic X-ray coronary angiograms (labelled train/val/test and an unlabelled pool), "
+    "plus every --real segmentation folder and --unlabelled image folder",
+}
+SEGMENTOR = "_segmentor"
+BENCH_FILE = "bench.json"
+# bench.json keys that must match on a re-run (seeds and methods may change freely).
+_FIXED_KEYS = ("suite", "budget", "data_seed", "real", "unlabelled", "real_in_pool", "pool")
+
+
+@dataclass
+class BenchConfig:
+    """What to run; ``recipes=None`` means every installed default recipe."""
+
+    out: Path
+    budget: Budget = field(default_factory=lambda: get_budget("cpu"))
+    seeds: tuple[int, ...] = (0, 1, 2)
+    suite: str = "xca-small"
+    real: tuple[Path, ...] = ()
+    unlabelled: tuple[Path, ...] = ()
+    recipes: tuple[str, ...] | None = None
+    baselines: tuple[str, ...] | None = None
+    data_seed: int = 0
+    real_in_pool: bool = True
+    device: str = "auto"
+    estimate: bool = True  # time a few steps first and print the predicted run time
+    dry_run: bool = False  # stop after printing the plan and the estimate
+
+
+@dataclass
+class BenchSummary:
+    """What a call to :func:`run_bench` did."""
+
+    out: Path
+    outcomes: list[CellOutcome]
+    seconds: float
+    estimate_s: float | None
+    report: Path | None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        c = Counter(o.status for o in self.outcomes)
+        return {k: c.get(k, 0) for k in ("ran", "skipped", "failed", "blocked")}
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass
+class Plan:
+    """Every cell of the run, in execution order, and how to do each."""
+
+    cells: list[Cell]
+    work: dict[int, Any]  # id(cell) -> zero-argument callable
+    consistency: dict[str, bool]  # recipe -> needs the consistency segmentor
+
+
+def recipe_config(recipe: str, budget: Budget, data: BenchData, seed: int, segmentor: Path | None, device: str):
+    """The recipe's pretraining config at the budget's sizes, on the pool, with ``seed``."""
+    from priormim.config import load_config
+
+    cfg = load_config(recipe, {
+        "model": {"encoder": budget.encoder, "img_size": budget.img_size, "encoder_kwargs": dict(budget.encoder_kwargs),
+                  "decoder_embed_dim": budget.decoder_embed_dim, "decoder_depth": budget.decoder_depth,
+                  "decoder_num_heads": budget.decoder_num_heads},
+        "data": {"images": str(data.pool_images), "priors": str(data.pool_priors), "num_workers": budget.num_workers},
+        "optim": {"epochs": budget.pretrain_epochs, "warmup_epochs": budget.pretrain_warmup,
+                  "batch_size": budget.pretrain_batch},
+        "consistency": {"segmentor": str(segmentor) if segmentor else None},
+        "train": {"device": device, "seed": seed, "save_every": 10**6, "progress": False},
+    })
+    cfg.optim.blr *= budget.blr_scale
+    if cfg.optim.lr is not None:
+        cfg.optim.lr *= budget.blr_scale
+    return cfg
+
+
+def _needs_consistency(recipe: str) -> bool:
+    from priormim.config import load_config
+
+    try:
+        return bool(load_config(recipe).consistency.enabled)
+    except Exception as exc:  # noqa: BLE001 - a broken recipe fails in its own cell, with its message
+        log.warning("recipe %s does not load (%s); its cells will fail", recipe, exc)
+        return False
+
+
+def make_plan(cfg: BenchConfig, data: BenchData, recipes: tuple[str, ...], baselines: tuple[str, ...]) -> Plan:
+    """Cells in execution order: vesselness per data set, then per seed the segmentor,
+    pretraining per recipe and fine-tuning per (method, data set)."""
+    from priormim.io import list_images
+    from priormim.priors.cache import load_prior, prior_path
+    from priormim.training.finetune_seg import SegFinetuneConfig, finetune_segmentation, run_vesselness_baseline
+    from priormim.training.pretrain import pretrain
+    from priormim.training.results import aggregate_runs, write_results_table
+    from priormim.training.segmentor import SegmentorTrainConfig, train_segmentor
+
+    out, budget = cfg.out, cfg.budget
+    cells: list[Cell] = []
+    work: dict[int, Any] = {}
+
+    def add(cell: Cell, fn) -> None:
+        cells.append(cell)
+        work[id(cell)] = fn
+
+    # 2. The training-free baseline, once per data set.
+    if "vesselness" in baselines:
+        for ds in data.datasets:
+            folder = out / "finetune" / ds.name / "vesselness"
+
+            def vesselness(ds: SegDataset = ds, folder: Path = folder) -> dict:
+                test, names = ds.test_folder_and_names()
+                m = run_vesselness_baseline(test, folder, "sato", border=vesselness_border(ds.image_size), names=names)
+                return {"dice": m["test"]["summary"]["dice"]["mean"], "cldice": m["test"]["summary"]["cldice"]["mean"]}
+
+            add(Cell("vesselness", "vesselness", folder, dataset=ds.name), vesselness)
+
+    consistency = {r: _needs_consistency(r) for r in recipes}
+    finetuned = [b for b in baselines if b != "vesselness"] + list(recipes)
+    for seed in cfg.seeds:
+        # 3a. The frozen consistency segmentor, shared by every recipe that uses it.
+        seg_folder = out / "pretrain" / SEGMENTOR / f"seed{seed}"
+        seg_path = seg_folder / "segmentor.safetensors"
+        if any(consistency.values()):
+
+            def segmentor(seed: int = seed, seg_path: Path = seg_path) -> dict:
+                paths = [p for p in list_images(data.pool_images) if prior_path(data.pool_priors, p).is_file()]
+                train_segmentor(SegmentorTrainConfig(epochs=budget.segmentor_epochs, img_size=budget.img_size, seed=seed,
+                                                     progress=False), paths=paths,
+                                prior_loader=lambda p: load_prior(data.pool_priors, p), out=seg_path, device=_device(cfg))
+                return {"images": len(paths)}
+
+            add(Cell("segmentor", "consistency segmentor", seg_folder, seed=seed), segmentor)
+
+        # 3b. One pretraining run per recipe.
+        for recipe in recipes:
+            folder = out / "pretrain" / recipe / f"seed{seed}"
+
+            def pretrain_run(recipe: str = recipe, seed: int = seed, folder: Path = folder, seg_path: Path = seg_path) -> dict:
+                pcfg = recipe_config(recipe, budget, data, seed, seg_path if consistency[recipe] else None, cfg.device)
+                res = pretrain(pcfg, folder, resume=(folder / "last.ckpt").is_file())
+                if res.encoder_path is None or not Path(res.encoder_path).is_file():
+                    raise RuntimeError("pretraining finished without an exported encoder")
+                for numbered in folder.glob("checkpoint-*.ckpt"):  # the last one equals last.ckpt
+                    numbered.unlink()
+                last = res.history[-1] if res.history else {}
+                return {"epochs": len(res.history),
+                        "final": {k: v for k, v in last.items() if k.startswith("loss") or k == "masked_vessel_share"}}
+
+            needs = (seg_folder,) if consistency[recipe] else ()
+            add(Cell("pretrain", recipe, folder, seed=seed, needs=needs), pretrain_run)
+
+        # 3c. Every method fine-tuned on every data set with the same split and budget.
+        for ds in data.datasets:
+            for method in finetuned:
+                method_dir = out / "finetune" / ds.name / method
+                encoder = None if method in baselines else out / "pretrain" / method / f"seed{seed}" / "encoder.safetensors"
+
+                def finetune(method: str = method, ds: SegDataset = ds, seed: int = seed, method_dir: Path = method_dir,
+                             encoder: Path | None = encoder) -> dict:
+                    res = finetune_segmentation(SegFinetuneConfig(
+                        out=method_dir, model="unet" if method == "unet" else "vit", encoder=encoder,
+                        backbone=budget.encoder, model_kwargs=dict(budget.encoder_kwargs), img_size=budget.img_size,
+                        seeds=(seed,), epochs=budget.finetune_epochs, warmup_epochs=budget.finetune_warmup,
+                        batch_size=budget.finetune_batch, unet_base_channels=budget.unet_base_channels,
+                        device=cfg.device, label=label(method), **ds.finetune_kwargs(),
+                    ))
+                    # The method folder's own table covers every finished seed, not just this one.
+                    seeds_done = sorted(p for p in method_dir.glob("seed*") if (p / "metrics.json").is_file())
+                    write_results_table(aggregate_runs(seeds_done), method_dir, title=f"{label(method)} on {ds.name}")
+                    s = res.summaries[seed]
+                    return {"dice": s["dice"]["mean"], "cldice": s["cldice"]["mean"]}
+
+                needs = (encoder.parent,) if encoder is not None else ()
+                add(Cell("finetune", method, method_dir / f"seed{seed}", seed=seed, dataset=ds.name, needs=needs), finetune)
+    return Plan(cells=cells, work=work, consistency=consistency)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _device(cfg: BenchConfig):
+    from priormim.training.distributed import resolve_device
+
+    return resolve_device(cfg.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# bench.json: what the folder holds
+
+
+def _setup_record(cfg: BenchConfig) -> dict:
+    """The settings that decide the data and the budget (must match on a re-run)."""
+    return {
+        "suite": cfg.suite,
+        "budget": cfg.budget.to_dict(),
+        "data_seed": cfg.data_seed,
+        "real": [str(Path(p).resolve()) for p in cfg.real],
+        "unlabelled": [str(Path(p).resolve()) for p in cfg.unlabelled],
+        "real_in_pool": cfg.real_in_pool,
+    }
+
+
+def _bench_record(cfg: BenchConfig, data: BenchData, recipes: tuple[str, ...], baselines: tuple[str, ...]) -> dict:
+    return {
+        **_setup_record(cfg),
+        "pool": {"sources": data.pool_sources, "n": data.pool_size,
+                 "fingerprint": hash_names(pool_fingerprint(data.pool_images))},
+        "datasets": [dataset_record(ds) for ds in data.datasets],
+        "pool_images": str(data.pool_images),
+        "pool_priors": str(data.pool_priors),
+        "example_images": [str(p) for p in data.example_images],
+        "last_run": {"seeds": list(cfg.seeds), "recipes": list(recipes), "baselines": list(baselines),
+                     "device": str(_device(cfg)), "torch_threads": _threads()},
+    }
+
+
+def hash_names(names: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def dataset_record(ds: SegDataset) -> dict:
+    return {"name": ds.name, "kind": ds.kind, "image_size": ds.image_size,
+            **{k: str(getattr(ds, k)) for k in ("train", "val", "test", "root") if getattr(ds, k) is not None},
+            "split_seed": ds.split_seed, "split": ds.split}
+
+
+def dataset_from_record(d: dict) -> SegDataset:
+    paths = {k: Path(d[k]) for k in ("train", "val", "test", "root") if d.get(k)}
+    return SegDataset(name=d["name"], kind=d["kind"], image_size=int(d["image_size"]), split_seed=int(d.get("split_seed", 0)),
+                      split=d.get("split") or {}, **paths)
+
+
+def read_bench_record(out: Path) -> dict | None:
+    path = Path(out) / BENCH_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"unreadable ({exc}); delete it to start the bench in this folder again", path) from exc
+
+
+def _check_same_setup(old: dict | None, new: dict, out: Path) -> None:
+    """UserError if ``out`` holds cells made with other data or another budget."""
+    if old is None:
+        return
+    differ = [k for k in _FIXED_KEYS if k in new and old.get(k) != new.get(k)]
+    if differ:
+        raise UserError(
+            f"holds a bench made with a different {', '.join(differ)}; finished cells would not be comparable. "
+            "Use a new --out (seeds and methods may change between runs, the data and budget may not)", out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def run_bench(cfg: BenchConfig, echo=print) -> BenchSummary:
+    """Run (or resume) a bench into ``cfg.out`` and write the report; see the module doc."""
+    import torch
+
+    if cfg.suite not in SUITES:
+        raise UserError(f"unknown suite {cfg.suite!r}; available: {', '.join(SUITES)}")
+    if not cfg.seeds:
+        raise UserError("pass at least one seed")
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = cfg.budget
+    methods = select_methods(list(cfg.recipes) if cfg.recipes is not None else None,
+                             list(cfg.baselines) if cfg.baselines is not None else None)
+    if methods.missing:
+        echo(f"skipping recipes that are not installed: {', '.join(methods.missing)}")
+    old = read_bench_record(out)
+    _check_same_setup(old, _setup_record(cfg), out)  # before any data is generated
+
+    echo(f"bench {cfg.suite}, budget {budget.name}: seeds {list(cfg.seeds)}; baselines {', '.join(methods.baselines) or 'none'}; "
+         f"recipes {', '.join(methods.recipes) or 'none'}")
+    t = time.perf_counter()
+    data = prepare_data(
+        out / "data", synth_size=budget.synth_size, data_seed=cfg.data_seed, real=list(cfg.real), unlabelled=list(cfg.unlabelled),
+        counts={"unlabelled": budget.n_unlabelled, "train": budget.n_train, "val": budget.n_val, "test": budget.n_test},
+        real_in_pool=cfg.real_in_pool, n_examples=budget.n_example_images, prior_device=str(_device(cfg)),
+    )
+    record = _bench_record(cfg, data, methods.recipes, methods.baselines)
+    _check_same_setup(old, record, out)
+    atomic_write_bytes(out / BENCH_FILE, json.dumps(record, indent=1).encode("utf-8"))
+    echo(f"data ready in {time.perf_counter() - t:.1f} s: data sets {', '.join(d.name for d in data.datasets)}; "
+         f"pretraining pool {data.pool_size} images ({', '.join(f'{k} {v}' for k, v in data.pool_sources.items())})")
+
+    plan = make_plan(cfg, data, methods.recipes, methods.baselines)
+    todo = [c for c in plan.cells if not c.is_done()]
+    estimate_s = None
+    if cfg.estimate and todo:
+        estimate_s = _estimate(cfg, data, plan, todo, echo)
+    if cfg.dry_run:
+        for c in plan.cells:
+            echo(f"  {'done ' if c.is_done() else 'to do'}  {c.title():<44} ~{c.estimate_s:.0f} s")
+        return BenchSummary(out=out, outcomes=[], seconds=time.perf_counter() - t_start, estimate_s=estimate_s, report=None)
+
+    progress = Progress(plan.cells, echo=echo)
+    outcomes = []
+    for cell in plan.cells:
+        outcome = run_cell(cell, plan.work[id(cell)])
+        outcomes.append(outcome)
+        progress.report(outcome)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    t = time.perf_counter()
+    from priormim.benchmark.report import write_report
+
+    report = write_report(out)
+    summary = BenchSummary(out=out, outcomes=outcomes, seconds=time.perf_counter() - t_start, estimate_s=estimate_s, report=report)
+    c = summary.counts
+    echo(f"report written in {time.perf_counter() - t:.1f} s: {report}")
+    echo(f"cells: {c['ran']} ran, {c['skipped']} already done, {c['failed']} failed, {c['blocked']} blocked; "
+         f"total time {_fmt_duration(summary.seconds)}" + (f" (estimated {_fmt_duration(estimate_s)})" if estimate_s else ""))
+    return summary
+
+
+def _estimate(cfg: BenchConfig, data: BenchData, plan: Plan, todo: list[Cell], echo) -> float:
+    """Time a few steps, set every cell's estimate and print the total for the cells to do."""
+    from priormim.benchmark.estimate import DatasetSize, estimate_cell, measure_step_times
+
+    t = time.perf_counter()
+    times = measure_step_times(cfg.budget, _device(cfg), sample_image=data.example_images[0] if data.example_images else None)
+    sizes = {}
+    for ds in data.datasets:
+        if ds.kind == "real":
+            sizes[ds.name] = DatasetSize(len(ds.split["train"]), len(ds.split["val"]), len(ds.split["test"]), ds.image_size)
+        else:
+            sizes[ds.name] = DatasetSize(cfg.budget.n_train, cfg.budget.n_val, cfg.budget.n_test, ds.image_size)
+    for cell in plan.cells:
+        cell.estimate_s = estimate_cell(cell, cfg.budget, times, pool_size=data.pool_size, sizes=sizes,
+                                        consistency=plan.consistency)
+    total = sum(c.estimate_s for c in todo) + 10.0 + 2.0 * len(plan.consistency)  # + the report
+    by_kind = Counter(c.kind for c in todo)
+    echo(f"estimate: ~{_fmt_duration(total)} for {len(todo)} cell(s) to do ({', '.join(f'{n} {k}' for k, n in by_kind.items())}); "
+         f"measured in {time.perf_counter() - t:.1f} s: MAE step {times.pretrain_step * 1e3:.0f} ms, consistency loss "
+         f"+{times.consistency_extra * 1e3:.0f} ms, ViT fine-tuning step {times.vit_step * 1e3:.0f} ms, U-Net step "
+         f"{times.unet_step * 1e3:.0f} ms (other recipes are estimated at MAE's cost)")
+    return total
