@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -97,6 +98,7 @@ def main() -> None:
     ap.add_argument("--unet-epochs", type=int, default=300)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     vit = dict(model="vit", img_size=224, epochs=args.vit_epochs, batch_size=4, model_kwargs=dict(ENCODER))
     for stage in args.stages:
         t = time.perf_counter()
