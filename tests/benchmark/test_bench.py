@@ -20,7 +20,7 @@ from priormim.cli import main
 from priormim.errors import UserError
 from priormim.masking import build_masking
 
-SMOKE = ["bench", "--budget", "smoke", "--seeds", "0", "1", "--methods", "mae", "vasomim", "--no-estimate"]
+SMOKE = ["bench", "--budget", "smoke", "--seeds", "0", "1", "--methods", "mae", "vasomim"]
 
 
 def test_smoke_bench_writes_every_output_and_a_rerun_trains_nothing(tmp_path, capsys):
@@ -123,3 +123,25 @@ def test_method_selection_skips_recipes_that_are_not_installed(monkeypatch, capl
     assert "dino" in caplog.text
     with pytest.raises(UserError, match="unknown method"):
         select_methods(["not_a_method"])
+
+
+def test_real_folder_is_split_and_only_its_train_and_val_images_join_the_pool(tmp_path):
+    from priormim.data.synth_xca import write_synthetic_xca
+    from priormim.training.finetune_seg import fixed_split
+
+    real = tmp_path / "my_real"
+    write_synthetic_xca(real, n=8, size=40, seed=7, prefix="r")
+    out = tmp_path / "bench"
+    summary = run_bench(BenchConfig(out=out, budget=get_budget("smoke"), seeds=(0,), recipes=("mae",),
+                                    baselines=("vesselness",), real=(real,), estimate=False), echo=lambda line: None)
+    assert summary.counts["failed"] == summary.counts["blocked"] == 0
+    split = fixed_split([f"r_{i:05d}" for i in range(8)], seed=0)
+    pooled = {p.name for p in (out / "data" / "pool" / "images").iterdir() if p.name.startswith("my_real__")}
+    assert pooled == {f"my_real__{n}.png" for n in split["train"] + split["val"]}
+    record = json.loads((out / "bench.json").read_text())
+    assert record["pool"]["sources"] == {"synthetic": 8, "my_real": len(pooled)}
+    with open(out / "scores.csv") as f:
+        scored = {(r["method"], r["dataset"]) for r in csv.DictReader(f)}
+    assert scored == {(m, d) for m in ("vesselness", "mae") for d in ("synthetic", "my_real")}
+    metrics = json.loads((out / "finetune" / "my_real" / "mae" / "seed0" / "metrics.json").read_text())
+    assert metrics["data"]["n_test"] == len(split["test"])

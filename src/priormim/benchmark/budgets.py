@@ -49,7 +49,7 @@ class Budget:
     mask_draws: int  # masks drawn per image and stage for the masking-frequency maps
     n_example_images: int  # images in the masking-frequency figure
     max_cluster_points: int  # patch tokens subsampled for the silhouette score
-    num_workers: int = 0  # pretraining data-loader workers
+    num_workers: int = 0  # data-loader workers for pretraining (on 2 CPU cores: 1, decoding beside the model)
     notes: str = ""
 
     @property
@@ -71,16 +71,16 @@ BUDGETS: dict[str, Budget] = {
         pretrain_epochs=2, pretrain_warmup=0, pretrain_batch=4, blr_scale=10.0, segmentor_epochs=1,
         finetune_epochs=1, finetune_warmup=0, finetune_batch=2, unet_base_channels=4,
         mask_draws=32, n_example_images=2, max_cluster_points=500,
-        notes="seconds; for tests, the numbers mean nothing",
+        notes="seconds, for tests (the numbers mean nothing)",
     ),
     "cpu": Budget(
         name="cpu", synth_size=96, n_unlabelled=160, n_train=24, n_val=6, n_test=16,
         img_size=64, encoder="vit_tiny_patch16_224", encoder_kwargs=_SMALL_VIT,
         decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4,
-        pretrain_epochs=30, pretrain_warmup=3, pretrain_batch=32, blr_scale=10.0, segmentor_epochs=10,
-        finetune_epochs=30, finetune_warmup=3, finetune_batch=8, unet_base_channels=16,
-        mask_draws=256, n_example_images=3, max_cluster_points=2000,
-        notes="the small suite on 2 CPU cores; see docs/benchmark.md for measured times",
+        pretrain_epochs=25, pretrain_warmup=3, pretrain_batch=32, blr_scale=10.0, segmentor_epochs=10,
+        finetune_epochs=25, finetune_warmup=3, finetune_batch=4, unet_base_channels=16,
+        mask_draws=256, n_example_images=3, max_cluster_points=2000, num_workers=1,
+        notes="the small suite, 3 seeds in under an hour on 2 CPU cores (docs/benchmark.md)",
     ),
     "gpu": Budget(
         name="gpu", synth_size=256, n_unlabelled=6000, n_train=160, n_val=40, n_test=100,
@@ -89,7 +89,7 @@ BUDGETS: dict[str, Budget] = {
         pretrain_epochs=300, pretrain_warmup=20, pretrain_batch=128, blr_scale=1.0, segmentor_epochs=30,
         finetune_epochs=200, finetune_warmup=10, finetune_batch=16, unet_base_channels=32,
         mask_draws=1024, n_example_images=4, max_cluster_points=4000, num_workers=8,
-        notes="one GPU overnight (estimate; not yet timed on a GPU)",
+        notes="one GPU overnight (estimated, not yet timed on a GPU)",
     ),
 }
 
@@ -98,11 +98,19 @@ def get_budget(name: str, **overrides: Any) -> Budget:
     """The preset ``name`` with fields replaced by ``overrides`` (e.g. ``pretrain_epochs=5``)."""
     if name not in BUDGETS:
         raise UserError(f"unknown budget {name!r}; use one of: {', '.join(BUDGETS)}")
-    try:
-        return dataclasses.replace(BUDGETS[name], **overrides)
-    except TypeError as exc:
-        valid = ", ".join(f.name for f in dataclasses.fields(Budget))
-        raise UserError(f"budget override: {exc}; valid fields: {valid}") from exc
+    preset = BUDGETS[name]
+    fields = {f.name for f in dataclasses.fields(Budget)} - {"name"}
+    checked: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise UserError(f"unknown budget field {key!r}; valid: {', '.join(sorted(fields))}")
+        want = type(getattr(preset, key))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise UserError(f"budget field {key!r} must be {want.__name__}, got {value!r}")
+        checked[key] = value
+    return dataclasses.replace(preset, **checked)
 
 
 __all__ = ["BUDGETS", "Budget", "get_budget"]

@@ -117,7 +117,7 @@ class Progress:
         what = {"ran": f"done in {outcome.seconds:.1f} s", "skipped": "already done, skipped",
                 "failed": f"FAILED after {outcome.seconds:.1f} s: {outcome.error}",
                 "blocked": "blocked (a cell it needs did not finish)"}[outcome.status]
-        line = f"[{self.index:>3}/{len(self.cells)}] {cell.title():<44} {what}  (elapsed {_fmt_duration(self.elapsed())}"
+        line = f"[{self.index:>3}/{len(self.cells)}] {cell.title():<52} {what}  (elapsed {_fmt_duration(self.elapsed())}"
         left = self.remaining()
         if left > 0 and outcome.status != "skipped":
             line += f", ~{_fmt_duration(left)} left"

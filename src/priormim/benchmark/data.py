@@ -19,9 +19,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from priormim.errors import UserError
 from priormim.io import list_images
 
 log = logging.getLogger(__name__)
@@ -217,7 +214,3 @@ def prepare_data(
 def pool_fingerprint(pool_images: Path) -> list[str]:
     """Sorted pool file names: two runs pretrain on the same pool iff these agree."""
     return sorted(p.name for p in pool_images.iterdir())
-
-
-def mean_vessel_fraction(samples: list) -> float:
-    return float(np.mean([s.mask.mean() for s in samples])) if samples else float("nan")

@@ -1,12 +1,12 @@
 """How long a bench run will take: a few timed steps of each kind, times the steps planned.
 
-:func:`measure_step_times` times one pretraining step (plus the consistency loss's extra),
-a consistency-segmentor step, a fine-tuning step of the ViT segmenter and of the U-Net and
-their inference per image, on this machine with the budget's sizes (about a second on a
-CPU at the ``cpu`` budget). :func:`estimate_cell` multiplies those by the steps a cell will
-take. Recipes other than MAE/VasoMIM (two views, teachers, full-image encoders) cost more per
-step than MAE; they are estimated at MAE's cost, and the progress lines rescale the
-remaining estimate by how far off the finished cells were.
+:func:`measure_step_times` runs three MAE steps through the real pretraining engine on the
+pool (data loading and logging included), times the consistency loss's extra cost, a
+consistency-segmentor step, a fine-tuning step of the ViT segmenter and of the U-Net and
+their inference per image, on this machine with the budget's sizes (a few seconds on a CPU
+at the ``cpu`` budget). :func:`estimate_cell` multiplies those by the steps a cell will take.
+The other recipes' cost per step relative to MAE (:data:`RELATIVE_STEP_COST`) was measured
+once; the progress lines rescale the remaining estimate by how far off finished cells were.
 """
 
 from __future__ import annotations
@@ -21,6 +21,14 @@ from priormim.benchmark.budgets import Budget
 from priormim.benchmark.cells import Cell
 
 CELL_OVERHEAD_S = 1.5  # building models, reading data, writing files
+
+# CPU seconds of a recipe's pretraining cell / MAE's, measured at the cpu budget on the
+# 2-core machine (2026-11-23): two-view recipes with an EMA teacher run the whole image
+# through two encoders, SimMIM encodes masked tokens too. Unlisted recipes count as 1.
+RELATIVE_STEP_COST = {
+    "simmim": 1.35, "amt": 1.0, "hpm": 1.25, "deblurmim": 0.85, "crossmae": 0.8, "mocov3": 2.8, "dino": 3.2,
+    "chexworld": 1.25,
+}
 
 
 @dataclass
@@ -52,8 +60,34 @@ def _time(fn, reps: int) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def measure_step_times(budget: Budget, device: torch.device, *, sample_image: Path | None = None, reps: int = 3) -> StepTimes:
-    """Time each kind of step with random tensors of the budget's sizes."""
+def measure_engine_step(budget: Budget, pool_images: Path, pool_priors: Path, device: torch.device, scratch: Path) -> float:
+    """Seconds per MAE step of the real pretraining engine on the pool (second of two short
+    epochs of three steps, so start-up costs are left out)."""
+    import shutil
+
+    from priormim.config import load_config
+    from priormim.training.pretrain import pretrain
+
+    cfg = load_config("mae", {
+        "model": {"encoder": budget.encoder, "img_size": budget.img_size, "encoder_kwargs": dict(budget.encoder_kwargs),
+                  "decoder_embed_dim": budget.decoder_embed_dim, "decoder_depth": budget.decoder_depth,
+                  "decoder_num_heads": budget.decoder_num_heads},
+        "data": {"images": str(pool_images), "priors": str(pool_priors), "num_workers": budget.num_workers},
+        "optim": {"epochs": 2, "warmup_epochs": 0, "batch_size": budget.pretrain_batch},
+        "train": {"device": str(device), "seed": 0, "progress": False, "max_steps_per_epoch": 3},
+    })
+    try:
+        history = pretrain(cfg, scratch).history
+        steps = max(1, int(history[1]["step"] - history[0]["step"]))
+        return float(history[1]["epoch_time_s"]) / steps
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def measure_step_times(budget: Budget, device: torch.device, *, sample_image: Path | None = None, reps: int = 3,
+                       engine_step: float | None = None) -> StepTimes:
+    """Time each kind of step with random tensors of the budget's sizes; ``engine_step``
+    (from :func:`measure_engine_step`) replaces the bare MAE step when given."""
     from priormim.config import load_config
     from priormim.losses.segmentation import bce_dice_loss
     from priormim.masking import random_mask
@@ -125,7 +159,7 @@ def measure_step_times(budget: Budget, device: torch.device, *, sample_image: Pa
 
         ds = PretrainDataset([sample_image], transform=paired_train_transform(s), norm_mean=0.5, norm_std=0.25)
         t_load = _time(lambda: ds[0], 5)
-    return StepTimes(pretrain_step=t_mae, consistency_extra=t_cons, load_image=t_load, segmentor_step=t_seg,
+    return StepTimes(pretrain_step=engine_step if engine_step is not None else t_mae, consistency_extra=t_cons, load_image=t_load, segmentor_step=t_seg,
                      vit_step=times["vit_step"], unet_step=times["unet_step"], vit_infer=times["vit_infer"],
                      unet_infer=times["unet_infer"])
 
@@ -146,13 +180,14 @@ def estimate_cell(cell: Cell, budget: Budget, times: StepTimes, *, pool_size: in
         return CELL_OVERHEAD_S + steps * (times.segmentor_step + 16 * times.load_image)
     if cell.kind == "pretrain":
         batch = min(budget.pretrain_batch, pool_size)
-        per_step = times.pretrain_step + (times.consistency_extra if consistency.get(cell.method) else 0.0)
+        per_step = times.pretrain_step * RELATIVE_STEP_COST.get(cell.method, 1.0)
+        per_step += times.consistency_extra if consistency.get(cell.method) else 0.0
         steps = budget.pretrain_epochs * max(1, pool_size // batch)
-        return CELL_OVERHEAD_S + steps * (per_step + batch * times.load_image)
+        return CELL_OVERHEAD_S + steps * per_step
     size = sizes[cell.dataset]
     score_per_image = 2e-3 * (size.side / 100) ** 2  # resizing logits back, Dice / clDice at full size
     if cell.kind == "vesselness":
-        return 0.5 + size.n_test * 40 * score_per_image
+        return 0.2 + size.n_test * 3 * score_per_image
     step, infer = (times.unet_step, times.unet_infer) if cell.method == "unet" else (times.vit_step, times.vit_infer)
     batch = min(budget.finetune_batch, size.n_train)
     per_epoch = max(1, size.n_train // batch) * step + size.n_val * (infer + score_per_image)

@@ -19,8 +19,13 @@ DPI = 110
 
 
 def method_colors(methods: Sequence[str]) -> dict[str, tuple]:
+    """One colour per method, the same in every figure (fixed order of the known methods)."""
+    from priormim.benchmark.methods import BASELINES, DEFAULT_RECIPES
+
+    known = ["random_init", *BASELINES, *DEFAULT_RECIPES]
+    extra = sorted(set(methods) - set(known))
     cmap = plt.get_cmap("tab20")
-    return {m: cmap(i % 20) for i, m in enumerate(methods)}
+    return {m: cmap((known + extra).index(m) % 20) for m in methods}
 
 
 def _save(fig, path: Path) -> Path:
@@ -126,12 +131,12 @@ def masking_figure(examples: Sequence[tuple[np.ndarray, np.ndarray]], maps: dict
                 if r == 1:
                     ax.set_title(stage_names[s], fontsize=7)
                 if i == 0 and s == 0:
-                    ax.set_ylabel(label(recipe), fontsize=8)
+                    ax.set_ylabel(label(recipe).replace(" (", "\n("), fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="P(patch masked)")
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=min(0.6, 2.5 / (1 + len(maps))), label="P(patch masked)")
     return _save(fig, path)
 
 
@@ -203,7 +208,7 @@ def predictions_figure(rows: list[dict], methods: Sequence[str], path: Path, *, 
                 ax.set_xlabel(f"{row['dice'][method]:.2f}", fontsize=7, labelpad=1)
         if r == 0:
             for c, name in enumerate(["image", "ground truth"] + [label(m) for m in methods]):
-                axes[0, c].set_title(name, fontsize=7)
+                axes[0, c].set_title(name.replace(" (", "\n("), fontsize=7)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])

@@ -263,6 +263,18 @@ def pca_points(runs: list[PretrainRun], ds: SegDataset, budget: Budget, device: 
     return out
 
 
+def qualitative_methods(res: BenchResults, dataset: str, extra: int = 2) -> list[str]:
+    """Methods shown in the prediction figure: the baselines, MAE, VasoMIM and the ``extra``
+    best other recipes by mean DSC on ``dataset`` (every method would not fit in a row)."""
+    def mean_dice(method: str) -> float:
+        st = res.stats.get((method, dataset, "dice"))
+        return st.mean if st is not None and st.n else -1.0
+
+    core = [m for m in res.methods if m in ("vesselness", "unet", "vit_scratch", "mae", "vasomim")]
+    others = sorted((m for m in res.methods if m not in core), key=mean_dice, reverse=True)
+    return method_order(core + others[:extra])
+
+
 def prediction_rows(out: Path, ds: SegDataset, methods: list[str], n: int = 3) -> list[dict]:
     """A few test images with every method's prediction (lowest finished seed)."""
     from priormim.evaluation.metrics import dice_score
@@ -497,9 +509,10 @@ def render_html(res: BenchResults, timings_table: Table, generated: str) -> str:
         parts.append("<h2>Predictions</h2>")
         for k in preds:
             parts.append(_img_tag(fig[k], f"{k[len('predictions_'):]}: white = correct vessel, red = false positive, "
-                                          "blue = missed vessel; number = DSC of that image (lowest seed)."))
+                                          "blue = missed vessel; number = DSC of that image (lowest seed). Shown: the baselines, MAE, VasoMIM and "
+                                          "the best other recipes; every method's scores are in the tables."))
     parts.append("<h2>Set-up</h2>")
-    budget_rows = [[k, html.escape(str(v))] for k, v in b.to_dict().items()]
+    budget_rows = [[k, json.dumps(v) if isinstance(v, dict) else str(v)] for k, v in b.to_dict().items()]
     parts.append(Table("Budget", ["Field", "Value"], budget_rows).html())
     ds_rows = []
     for d in res.datasets:
@@ -585,7 +598,7 @@ def write_report(out: str | Path) -> Path:
         except Exception as exc:  # noqa: BLE001
             log.warning("feature PCA figure skipped: %s", exc)
     for ds in datasets:
-        rows = prediction_rows(out, ds, res.methods)
+        rows = prediction_rows(out, ds, qualitative_methods(res, ds.name))
         if rows and any(r["preds"] for r in rows):
             f[f"predictions_{ds.name}"] = FIG.predictions_figure(rows, [m for m in res.methods if m in rows[0]["preds"]],
                                                                  fig_dir / f"predictions_{ds.name}.png")

@@ -27,9 +27,10 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 from priormim.benchmark.budgets import Budget, get_budget
 from priormim.benchmark.cells import Cell, CellOutcome, Progress, _fmt_duration, run_cell
@@ -65,6 +66,7 @@ class BenchConfig:
     data_seed: int = 0
     real_in_pool: bool = True
     device: str = "auto"
+    threads: int | None = None  # torch CPU threads; None: leave one core per data-loader worker
     estimate: bool = True  # time a few steps first and print the predicted run time
     dry_run: bool = False  # stop after printing the plan and the estimate
 
@@ -94,7 +96,7 @@ class Plan:
     """Every cell of the run, in execution order, and how to do each."""
 
     cells: list[Cell]
-    work: dict[int, Any]  # id(cell) -> zero-argument callable
+    work: dict[int, Callable[[], dict]]  # id(cell) -> its work
     consistency: dict[str, bool]  # recipe -> needs the consistency segmentor
 
 
@@ -128,95 +130,115 @@ def _needs_consistency(recipe: str) -> bool:
         return False
 
 
+# -- the four kinds of work (each returns extra fields for the cell's done.json) -------------------
+
+
+def vesselness_work(ds: SegDataset, folder: Path) -> dict:
+    """Score thresholded Sato vesselness on the data set's test images (no training)."""
+    from priormim.training.finetune_seg import run_vesselness_baseline
+
+    test, names = ds.test_folder_and_names()
+    m = run_vesselness_baseline(test, folder, "sato", border=vesselness_border(ds.image_size), names=names)
+    return {"dice": m["test"]["summary"]["dice"]["mean"], "cldice": m["test"]["summary"]["cldice"]["mean"]}
+
+
+def segmentor_work(cfg: BenchConfig, data: BenchData, seed: int, path: Path) -> dict:
+    """Train the frozen consistency segmentor on the pool's vessel priors."""
+    from priormim.io import list_images
+    from priormim.priors.cache import load_prior, prior_path
+    from priormim.training.segmentor import SegmentorTrainConfig, train_segmentor
+
+    paths = [p for p in list_images(data.pool_images) if prior_path(data.pool_priors, p).is_file()]
+    train_segmentor(SegmentorTrainConfig(epochs=cfg.budget.segmentor_epochs, img_size=cfg.budget.img_size, seed=seed,
+                                         num_workers=cfg.budget.num_workers, progress=False),
+                    paths=paths, prior_loader=lambda p: load_prior(data.pool_priors, p), out=path, device=_device(cfg))
+    return {"images": len(paths)}
+
+
+def pretrain_work(cfg: BenchConfig, data: BenchData, recipe: str, seed: int, folder: Path, segmentor: Path | None) -> dict:
+    """Pretrain ``recipe`` on the pool (resuming from ``last.ckpt`` if an earlier try stopped)."""
+    from priormim.training.pretrain import pretrain
+
+    for stale in folder.glob("clustering_*.json"):  # analysis caches of an earlier encoder
+        stale.unlink()
+    pcfg = recipe_config(recipe, cfg.budget, data, seed, segmentor, cfg.device)
+    res = pretrain(pcfg, folder, resume=(folder / "last.ckpt").is_file())
+    if res.encoder_path is None or not Path(res.encoder_path).is_file():
+        raise RuntimeError("pretraining finished without an exported encoder")
+    for numbered in folder.glob("checkpoint-*.ckpt"):  # the final one duplicates last.ckpt
+        numbered.unlink()
+    last = res.history[-1] if res.history else {}
+    return {"epochs": len(res.history),
+            "final": {k: v for k, v in last.items() if k.startswith("loss") or k == "masked_vessel_share"}}
+
+
+def finetune_work(cfg: BenchConfig, ds: SegDataset, method: str, seed: int, method_dir: Path, encoder: Path | None) -> dict:
+    """Fine-tune one method on one data set with one seed (``<method_dir>/seed<k>/``)."""
+    from priormim.training.finetune_seg import SegFinetuneConfig, finetune_segmentation
+    from priormim.training.results import aggregate_runs, write_results_table
+
+    b = cfg.budget
+    res = finetune_segmentation(SegFinetuneConfig(
+        out=method_dir, model="unet" if method == "unet" else "vit", encoder=encoder, backbone=b.encoder,
+        model_kwargs=dict(b.encoder_kwargs), img_size=b.img_size, seeds=(seed,), epochs=b.finetune_epochs,
+        warmup_epochs=b.finetune_warmup, batch_size=b.finetune_batch, unet_base_channels=b.unet_base_channels,
+        device=cfg.device, label=label(method), **ds.finetune_kwargs(),
+    ))
+    # The method folder's own table covers every finished seed, not only this one.
+    seeds_done = sorted(p for p in method_dir.glob("seed*") if (p / "metrics.json").is_file())
+    write_results_table(aggregate_runs(seeds_done), method_dir, title=f"{label(method)} on {ds.name}")
+    s = res.summaries[seed]
+    return {"dice": s["dice"]["mean"], "cldice": s["cldice"]["mean"]}
+
+
 def make_plan(cfg: BenchConfig, data: BenchData, recipes: tuple[str, ...], baselines: tuple[str, ...]) -> Plan:
     """Cells in execution order: vesselness per data set, then per seed the segmentor,
     pretraining per recipe and fine-tuning per (method, data set)."""
-    from priormim.io import list_images
-    from priormim.priors.cache import load_prior, prior_path
-    from priormim.training.finetune_seg import SegFinetuneConfig, finetune_segmentation, run_vesselness_baseline
-    from priormim.training.pretrain import pretrain
-    from priormim.training.results import aggregate_runs, write_results_table
-    from priormim.training.segmentor import SegmentorTrainConfig, train_segmentor
+    out = cfg.out
+    plan = Plan(cells=[], work={}, consistency={r: _needs_consistency(r) for r in recipes})
 
-    out, budget = cfg.out, cfg.budget
-    cells: list[Cell] = []
-    work: dict[int, Any] = {}
+    def add(cell: Cell, work: Callable[[], dict]) -> None:
+        plan.cells.append(cell)
+        plan.work[id(cell)] = work
 
-    def add(cell: Cell, fn) -> None:
-        cells.append(cell)
-        work[id(cell)] = fn
-
-    # 2. The training-free baseline, once per data set.
     if "vesselness" in baselines:
         for ds in data.datasets:
             folder = out / "finetune" / ds.name / "vesselness"
+            add(Cell("vesselness", "vesselness", folder, dataset=ds.name), partial(vesselness_work, ds, folder))
 
-            def vesselness(ds: SegDataset = ds, folder: Path = folder) -> dict:
-                test, names = ds.test_folder_and_names()
-                m = run_vesselness_baseline(test, folder, "sato", border=vesselness_border(ds.image_size), names=names)
-                return {"dice": m["test"]["summary"]["dice"]["mean"], "cldice": m["test"]["summary"]["cldice"]["mean"]}
-
-            add(Cell("vesselness", "vesselness", folder, dataset=ds.name), vesselness)
-
-    consistency = {r: _needs_consistency(r) for r in recipes}
     finetuned = [b for b in baselines if b != "vesselness"] + list(recipes)
     for seed in cfg.seeds:
-        # 3a. The frozen consistency segmentor, shared by every recipe that uses it.
         seg_folder = out / "pretrain" / SEGMENTOR / f"seed{seed}"
         seg_path = seg_folder / "segmentor.safetensors"
-        if any(consistency.values()):
-
-            def segmentor(seed: int = seed, seg_path: Path = seg_path) -> dict:
-                paths = [p for p in list_images(data.pool_images) if prior_path(data.pool_priors, p).is_file()]
-                train_segmentor(SegmentorTrainConfig(epochs=budget.segmentor_epochs, img_size=budget.img_size, seed=seed,
-                                                     progress=False), paths=paths,
-                                prior_loader=lambda p: load_prior(data.pool_priors, p), out=seg_path, device=_device(cfg))
-                return {"images": len(paths)}
-
-            add(Cell("segmentor", "consistency segmentor", seg_folder, seed=seed), segmentor)
-
-        # 3b. One pretraining run per recipe.
+        if any(plan.consistency.values()):
+            add(Cell("segmentor", "consistency segmentor", seg_folder, seed=seed),
+                partial(segmentor_work, cfg, data, seed, seg_path))
         for recipe in recipes:
             folder = out / "pretrain" / recipe / f"seed{seed}"
-
-            def pretrain_run(recipe: str = recipe, seed: int = seed, folder: Path = folder, seg_path: Path = seg_path) -> dict:
-                pcfg = recipe_config(recipe, budget, data, seed, seg_path if consistency[recipe] else None, cfg.device)
-                res = pretrain(pcfg, folder, resume=(folder / "last.ckpt").is_file())
-                if res.encoder_path is None or not Path(res.encoder_path).is_file():
-                    raise RuntimeError("pretraining finished without an exported encoder")
-                for numbered in folder.glob("checkpoint-*.ckpt"):  # the last one equals last.ckpt
-                    numbered.unlink()
-                last = res.history[-1] if res.history else {}
-                return {"epochs": len(res.history),
-                        "final": {k: v for k, v in last.items() if k.startswith("loss") or k == "masked_vessel_share"}}
-
-            needs = (seg_folder,) if consistency[recipe] else ()
-            add(Cell("pretrain", recipe, folder, seed=seed, needs=needs), pretrain_run)
-
-        # 3c. Every method fine-tuned on every data set with the same split and budget.
+            uses_segmentor = plan.consistency[recipe]
+            add(Cell("pretrain", recipe, folder, seed=seed, needs=(seg_folder,) if uses_segmentor else ()),
+                partial(pretrain_work, cfg, data, recipe, seed, folder, seg_path if uses_segmentor else None))
         for ds in data.datasets:
             for method in finetuned:
                 method_dir = out / "finetune" / ds.name / method
                 encoder = None if method in baselines else out / "pretrain" / method / f"seed{seed}" / "encoder.safetensors"
+                add(Cell("finetune", method, method_dir / f"seed{seed}", seed=seed, dataset=ds.name,
+                         needs=(encoder.parent,) if encoder is not None else ()),
+                    partial(finetune_work, cfg, ds, method, seed, method_dir, encoder))
+    return plan
 
-                def finetune(method: str = method, ds: SegDataset = ds, seed: int = seed, method_dir: Path = method_dir,
-                             encoder: Path | None = encoder) -> dict:
-                    res = finetune_segmentation(SegFinetuneConfig(
-                        out=method_dir, model="unet" if method == "unet" else "vit", encoder=encoder,
-                        backbone=budget.encoder, model_kwargs=dict(budget.encoder_kwargs), img_size=budget.img_size,
-                        seeds=(seed,), epochs=budget.finetune_epochs, warmup_epochs=budget.finetune_warmup,
-                        batch_size=budget.finetune_batch, unet_base_channels=budget.unet_base_channels,
-                        device=cfg.device, label=label(method), **ds.finetune_kwargs(),
-                    ))
-                    # The method folder's own table covers every finished seed, not just this one.
-                    seeds_done = sorted(p for p in method_dir.glob("seed*") if (p / "metrics.json").is_file())
-                    write_results_table(aggregate_runs(seeds_done), method_dir, title=f"{label(method)} on {ds.name}")
-                    s = res.summaries[seed]
-                    return {"dice": s["dice"]["mean"], "cldice": s["cldice"]["mean"]}
 
-                needs = (encoder.parent,) if encoder is not None else ()
-                add(Cell("finetune", method, method_dir / f"seed{seed}", seed=seed, dataset=ds.name, needs=needs), finetune)
-    return Plan(cells=cells, work=work, consistency=consistency)
+def _set_threads(cfg: BenchConfig) -> None:
+    """``cfg.threads``, else on a CPU one core fewer per data-loader worker (on 2 cores with
+    one worker: 1 thread; two threads plus a decoding worker oversubscribe and run slower)."""
+    import os
+
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif cfg.budget.num_workers and _device(cfg).type == "cpu":
+        torch.set_num_threads(min(torch.get_num_threads(), max(1, (os.cpu_count() or 1) - cfg.budget.num_workers)))
 
 
 def _threads() -> int:
@@ -313,6 +335,7 @@ def run_bench(cfg: BenchConfig, echo=print) -> BenchSummary:
     if not cfg.seeds:
         raise UserError("pass at least one seed")
     t_start = time.perf_counter()
+    _set_threads(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     budget = cfg.budget
@@ -344,7 +367,7 @@ def run_bench(cfg: BenchConfig, echo=print) -> BenchSummary:
         estimate_s = _estimate(cfg, data, plan, todo, echo)
     if cfg.dry_run:
         for c in plan.cells:
-            echo(f"  {'done ' if c.is_done() else 'to do'}  {c.title():<44} ~{c.estimate_s:.0f} s")
+            echo(f"  {'done ' if c.is_done() else 'to do'}  {c.title():<52} ~{c.estimate_s:.0f} s")
         return BenchSummary(out=out, outcomes=[], seconds=time.perf_counter() - t_start, estimate_s=estimate_s, report=None)
 
     progress = Progress(plan.cells, echo=echo)
@@ -370,10 +393,17 @@ def run_bench(cfg: BenchConfig, echo=print) -> BenchSummary:
 
 def _estimate(cfg: BenchConfig, data: BenchData, plan: Plan, todo: list[Cell], echo) -> float:
     """Time a few steps, set every cell's estimate and print the total for the cells to do."""
-    from priormim.benchmark.estimate import DatasetSize, estimate_cell, measure_step_times
+    from priormim.benchmark.estimate import DatasetSize, estimate_cell, measure_engine_step, measure_step_times
 
     t = time.perf_counter()
-    times = measure_step_times(cfg.budget, _device(cfg), sample_image=data.example_images[0] if data.example_images else None)
+    device = _device(cfg)
+    try:
+        engine_step = measure_engine_step(cfg.budget, data.pool_images, data.pool_priors, device, cfg.out / ".estimate")
+    except Exception as exc:  # noqa: BLE001 - the estimate falls back to a bare step; the run itself is unaffected
+        log.warning("could not time the pretraining engine (%s); estimating from a bare model step", exc)
+        engine_step = None
+    times = measure_step_times(cfg.budget, device, sample_image=data.example_images[0] if data.example_images else None,
+                               engine_step=engine_step)
     sizes = {}
     for ds in data.datasets:
         if ds.kind == "real":
@@ -388,5 +418,5 @@ def _estimate(cfg: BenchConfig, data: BenchData, plan: Plan, todo: list[Cell], e
     echo(f"estimate: ~{_fmt_duration(total)} for {len(todo)} cell(s) to do ({', '.join(f'{n} {k}' for k, n in by_kind.items())}); "
          f"measured in {time.perf_counter() - t:.1f} s: MAE step {times.pretrain_step * 1e3:.0f} ms, consistency loss "
          f"+{times.consistency_extra * 1e3:.0f} ms, ViT fine-tuning step {times.vit_step * 1e3:.0f} ms, U-Net step "
-         f"{times.unet_step * 1e3:.0f} ms (other recipes are estimated at MAE's cost)")
+         f"{times.unet_step * 1e3:.0f} ms")
     return total

@@ -212,10 +212,11 @@ def comparison_table(stats: dict[tuple[str, str, str], Stat], methods: Sequence[
 
 def ablation_table(stats: dict[tuple[str, str, str], Stat], ablation: dict[str, tuple[bool, bool]],
                    datasets: Sequence[str], n_seeds: int, silhouette: dict[str, Stat] | None = None) -> Table:
-    """The 2 x 2 ablation: anatomy-guided masking x consistency loss."""
+    """The 2 x 2 ablation: anatomy-guided masking x consistency loss (``silhouette``: the
+    features' silhouette on the first data set, per recipe)."""
     headers = ["Recipe", "Guided masking", "Consistency loss"] + [f"{ds} {METRIC_NAMES[m]}" for ds in datasets for m in ("dice", "cldice")]
     if silhouette is not None:
-        headers.append("Silhouette (features)")
+        headers.append(f"{datasets[0]} feature silhouette")
     rows, columns = [], {}
     for recipe, (guidance, consistency) in ablation.items():
         row = [label(recipe), "✓" if guidance else "✗", "✓" if consistency else "✗"]

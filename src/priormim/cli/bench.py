@@ -16,6 +16,22 @@ def _budget_override(text: str) -> tuple[str, object]:
     return key.strip(), yaml.safe_load(raw)
 
 
+class _OncePerMessage(logging.Filter):
+    """Let each distinct log message through once (a real data set's mask warning would
+    otherwise repeat for every one of dozens of fine-tuning runs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = record.getMessage()
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from priormim.benchmark.budgets import BUDGETS
     from priormim.benchmark.methods import BASELINES, DEFAULT_RECIPES
@@ -47,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-real-in-pool", action="store_true", help="keep --real train/val images out of the pretraining pool")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data and of the real splits (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a shared machine)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: one core fewer per data-loader worker of the budget; 1 on a busy machine)")
     p.add_argument("--no-estimate", action="store_true", help="do not time a few steps to predict the run time")
     p.add_argument("--dry-run", action="store_true", help="prepare the data, print the plan and the estimate, run nothing")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from what is in --out")
@@ -61,16 +78,20 @@ def run(args: argparse.Namespace) -> int:
     from priormim.benchmark import BenchConfig, get_budget, run_bench, write_report
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if not args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_OncePerMessage())
     if args.report_only:
+        if args.threads:
+            torch.set_num_threads(args.threads)
         print(f"report -> {write_report(args.out)}")
         return 0
     cfg = BenchConfig(
         out=args.out, budget=get_budget(args.budget, **dict(args.budget_set)), seeds=tuple(args.seeds), suite=args.suite,
         real=tuple(args.real), unlabelled=tuple(args.unlabelled), recipes=tuple(args.methods) if args.methods else None,
         baselines=tuple(args.baselines) if args.baselines is not None else None, data_seed=args.data_seed,
-        real_in_pool=not args.no_real_in_pool, device=args.device, estimate=not args.no_estimate, dry_run=args.dry_run,
+        real_in_pool=not args.no_real_in_pool, device=args.device, threads=args.threads, estimate=not args.no_estimate,
+        dry_run=args.dry_run,
     )
     summary = run_bench(cfg)
     return 1 if summary.counts["failed"] else 0
