@@ -73,14 +73,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Filter only for this command's duration, on the handlers that exist now: a filter left on
+    # the root handlers would keep swallowing messages in the caller's process afterwards.
+    once = _OncePerMessage()
+    handlers = [] if args.verbose else list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(once)
+    try:
+        return _run(args)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(once)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from priormim.benchmark import BenchConfig, get_budget, run_bench, write_report
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_OncePerMessage())
     if args.report_only:
         if args.threads:
             torch.set_num_threads(args.threads)
