@@ -150,8 +150,11 @@ class EMATeacher(nn.Module):
         if len(students) != len(self.copies):
             raise ValueError(f"EMATeacher holds {len(self.copies)} module(s), got {len(students)} student(s)")
         for copy_, student in zip(self.copies, students):
-            for t, s in zip(copy_.parameters(), student.parameters(), strict=True):
-                t.lerp_(s.detach().to(t.dtype), 1.0 - momentum)
+            teacher_params, student_params = list(copy_.parameters()), list(student.parameters())
+            if len(teacher_params) != len(student_params):
+                raise ValueError("teacher and student have different parameter lists")
+            # One fused multi-tensor lerp per step instead of a Python loop over ~150 tensors.
+            torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
             for t, s in zip(copy_.buffers(), student.buffers(), strict=True):
                 t.copy_(s)
 
