@@ -27,6 +27,7 @@ from priormim.training.finetune_seg import (
     predict_logits,
     read_label_mask,
     run_vesselness_baseline,
+    sliding_window_logits,
 )
 
 
@@ -215,6 +216,58 @@ def test_saved_model_reloads_with_identical_predictions(tmp_path):
     assert summary["dice"]["mean"] == pytest.approx(metrics["test"]["summary"]["dice"]["mean"])
 
 
+class _PointwiseRecorder(torch.nn.Module):
+    """A per-pixel model (so tiling must not change its output) that records input sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[-2:]))
+        return 3.0 * x - 1.0
+
+
+@pytest.mark.parametrize("h,w,window", [(32, 32, 16), (50, 37, 16), (20, 70, 12), (16, 16, 16)])
+def test_sliding_window_matches_a_pointwise_model_on_any_size(h, w, window):
+    x = torch.rand(2, 1, h, w, generator=torch.Generator().manual_seed(h * w))
+    model = _PointwiseRecorder()
+    out = sliding_window_logits(model, x, window=window, batch_size=5)
+    assert out.shape == (2, 1, h, w)
+    torch.testing.assert_close(out, 3.0 * x - 1.0)
+    assert set(model.sizes) == {(window, window)}  # the model only ever sees whole windows
+
+
+def test_sliding_window_averages_overlapping_tiles():
+    class TileMean(torch.nn.Module):  # every pixel of a tile gets the tile's mean
+        def forward(self, x):
+            return x.mean(dim=(-2, -1), keepdim=True).expand_as(x)
+
+    x = torch.zeros(1, 1, 8, 8)
+    x[..., :, 4:] = 1.0  # right half bright
+    out = sliding_window_logits(TileMean(), x, window=4, batch_size=3)
+    # Tiles start at 0, 2, 4 along each axis; a column is covered by one or two of them.
+    # Column 0: tile 0 only (mean 0); column 2: tiles 0 (0) and 2 (0.5); column 5: tiles 2 (0.5) and 4 (1).
+    assert out[0, 0, 0, 0] == 0.0
+    assert out[0, 0, 0, 2] == pytest.approx(0.25)
+    assert out[0, 0, 0, 5] == pytest.approx(0.75)
+    assert out[0, 0, 0, 7] == pytest.approx(1.0)
+
+
+def test_vit_trained_on_windows_predicts_by_windows_after_reload(tmp_path):
+    cfg = tiny_cfg(tmp_path, model="vit", model_kwargs=TINY_VIT, decoder_base=8, img_size=32, train_crop=16)
+    result = finetune_segmentation(cfg)
+    model, mc = load_segmenter(result.out_dir)
+    assert mc["window"] == 16 and mc["img_size"] == 32
+    assert tuple(model.encoder.patch_embed.grid_size) == (4, 4)  # built for the window, not the image
+    metrics = json.loads((result.run_dirs[0] / "metrics.json").read_text())
+    from priormim.training.finetune_seg import prepare_data
+
+    test = prepare_data(cfg.resolved()).test
+    summary, _ = evaluate_samples(model, test, img_size=32, norm=NormStats(**mc["norm"]), window=16)
+    assert summary["dice"]["mean"] == pytest.approx(metrics["test"]["summary"]["dice"]["mean"])
+
+
 def test_config_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="--train"):
         SegFinetuneConfig(out=tmp_path).resolved()
@@ -222,6 +275,8 @@ def test_config_errors_are_user_errors(tmp_path):
         SegFinetuneConfig(out=tmp_path, data=tmp_path, model="unet", encoder=tmp_path / "e.safetensors").resolved()
     with pytest.raises(UserError, match="missing: folder not found"):
         finetune_segmentation(SegFinetuneConfig(out=tmp_path / "o", train=tmp_path / "missing", test=tmp_path / "missing"))
+    with pytest.raises(UserError, match="--train-crop must be between"):
+        SegFinetuneConfig(out=tmp_path, data=tmp_path, model="vit", img_size=64, train_crop=96).resolved()
 
 
 def test_vesselness_baseline_writes_metrics(tmp_path):

@@ -293,7 +293,8 @@ def prediction_rows(out: Path, ds: SegDataset, methods: list[str], n: int = 3) -
                 if not seed_dirs:
                     continue
                 model, mc = load_segmenter(seed_dirs[0])
-                logits = predict_logits(model, [s.image for s in samples], img_size=int(mc["img_size"]), norm=NormStats(**mc["norm"]))
+                logits = predict_logits(model, [s.image for s in samples], img_size=int(mc["img_size"]), norm=NormStats(**mc["norm"]),
+                                        window=mc.get("window"))
                 preds = [lg > 0 for lg in logits]
         except Exception as exc:  # noqa: BLE001
             log.warning("predictions of %s on %s skipped: %s", method, ds.name, exc)

@@ -62,7 +62,7 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
     train.add_argument("--layer-decay", type=float, help="ViT layer-wise lr decay (default 0.75 with --encoder, else off)")
     train.add_argument("--warmup-epochs", type=int, default=5)
     train.add_argument("--no-augment", action="store_true", help="disable the paired augmentation")
-    train.add_argument("--train-crop", type=int, help="unet only: train on random windows of this size (faster on CPU)")
+    train.add_argument("--train-crop", type=int, help="train on random windows of this size (faster); a ViT also predicts window by window")
     train.add_argument("--label", help="method name in the results table")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     train.add_argument("--resume", action="store_true",

@@ -87,7 +87,7 @@ def run_predict(args: argparse.Namespace) -> int:
         if not batch:
             continue
         logits = predict_logits(model, [im for _, im in batch], img_size=int(cfg["img_size"]), norm=norm, device=device,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, window=cfg.get("window"))
         for (f, im), lg in zip(batch, logits):
             mask = lg > 0
             write_png(args.out / "masks" / f"{f.stem}.png", mask)

@@ -5,6 +5,10 @@ The protocol, the same for every method so that comparisons are fair:
 * images of any size are resized (bilinear, antialiased) to ``img_size x img_size`` for the
   model, masks with nearest neighbour; logits are mapped back to each image's original size
   (bilinear) and thresholded at 0 before scoring, so metrics are at the original resolution;
+* with ``train_crop`` the model trains on random ``train_crop`` windows of that image; a
+  U-Net then predicts the whole image at once, a ViT (whose position embeddings are tied to
+  its input size) predicts it window by window with half-window overlap and averages the
+  logits (:func:`sliding_window_logits`);
 * grey-level normalisation per data set: the encoder file's stats, else the training set's;
 * paired augmentation: one random geometry (resized crop, flips, small rotation) for image and
   mask, intensity jitter on the image only;
@@ -131,7 +135,7 @@ class SegFinetuneConfig:
     warmup_epochs: int = 5
     min_lr: float = 1e-6
     augment: bool = True
-    train_crop: int | None = None  # train on random windows of this size (fully conv models; default: whole image)
+    train_crop: int | None = None  # train on random windows of this size (default: whole image); a ViT also predicts by windows
     device: str = "auto"
     label: str | None = None  # method name in tables; default from model / encoder
 
@@ -149,10 +153,10 @@ class SegFinetuneConfig:
             raise UserError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
         if not self.seeds:
             raise UserError("pass at least one seed")
-        if self.train_crop is not None and (self.model == "vit" or not 16 <= self.train_crop <= (self.img_size or 256)):
-            raise UserError("--train-crop works with --model unet only, between 16 px and --img-size; a ViT trains on whole images")
         vit = self.model == "vit"
         img_size = self.img_size or (224 if vit else 256)
+        if self.train_crop is not None and not 16 <= self.train_crop <= img_size:
+            raise UserError(f"--train-crop must be between 16 px and --img-size ({img_size}), got {self.train_crop}")
         encoder_method = None
         if vit and self.encoder is not None:
             _, _, meta = resolve_encoder_config(self.backbone, encoder_path=self.encoder, model_kwargs=self.model_kwargs)
@@ -367,7 +371,8 @@ def build_segmenter(model_config: dict[str, Any]) -> nn.Module:
     if arch == "vit":
         v = model_config["vit"]
         encoder, _ = create_vit_encoder(
-            v["name"], encoder_path=None, img_size=int(model_config["img_size"]), drop_path_rate=float(v.get("drop_path", 0.0)),
+            v["name"], encoder_path=None, img_size=int(model_config.get("window") or model_config["img_size"]),
+            drop_path_rate=float(v.get("drop_path", 0.0)),
             model_kwargs=dict(v["kwargs"]),
         )
         return ViTSegmenter(encoder, decoder_base=int(v.get("decoder_base", 16)))
@@ -383,11 +388,14 @@ def create_segmenter(cfg: SegFinetuneConfig) -> tuple[nn.Module, dict[str, Any],
                        "unet": {"base_channels": cfg.unet_base_channels, "levels": 4}}, None
     kwargs = {"dynamic_img_size": True, **cfg.model_kwargs}  # any input size at inference
     name, kwargs, _ = resolve_encoder_config(cfg.backbone, encoder_path=cfg.encoder, model_kwargs=kwargs)
+    # A ViT trained on windows is built for the window: its position embeddings then mean the
+    # same thing in training and in (windowed) inference.
+    window = cfg.train_crop
     encoder, norm = create_vit_encoder(
-        name, encoder_path=cfg.encoder, img_size=cfg.img_size, drop_path_rate=cfg.drop_path, model_kwargs=kwargs
+        name, encoder_path=cfg.encoder, img_size=window or cfg.img_size, drop_path_rate=cfg.drop_path, model_kwargs=kwargs
     )
     model = ViTSegmenter(encoder, decoder_base=cfg.decoder_base)
-    config = {"format": CONFIG_FORMAT, "version": 1, "arch": "vit", "img_size": cfg.img_size,
+    config = {"format": CONFIG_FORMAT, "version": 1, "arch": "vit", "img_size": cfg.img_size, "window": window,
               "vit": {"name": name, "kwargs": kwargs, "decoder_base": cfg.decoder_base}}
     return model, config, norm
 
@@ -453,6 +461,31 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def sliding_window_logits(model: nn.Module, x: torch.Tensor, *, window: int, batch_size: int = 16) -> torch.Tensor:
+    """Logits of ``model`` over ``[B, C, H, W]`` ``x`` from ``window x window`` tiles.
+
+    Tiles start every ``window // 2`` px (the image is replicate-padded on the right and bottom
+    so that they cover it exactly); overlapping logits are averaged. Extraction and
+    re-assembly are ``F.unfold`` / ``F.fold``, so there is no Python loop over tiles; the model
+    runs on ``batch_size`` tiles at a time. Returns ``float32 [B, 1, H, W]``.
+    """
+    b, c, h, w = x.shape
+    if window >= max(h, w):
+        return model(x).float()
+    stride = max(1, window // 2)
+    # Smallest padded size >= the image that the tiles cover exactly: window + k * stride.
+    hp, wp = (window + math.ceil(max(0, n - window) / stride) * stride for n in (h, w))
+    xp = F.pad(x, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else x
+    cols = F.unfold(xp, kernel_size=window, stride=stride)  # [B, C*window*window, L]
+    n = cols.shape[-1]
+    tiles = cols.transpose(1, 2).reshape(b * n, c, window, window)
+    logits = torch.cat([model(tiles[i : i + batch_size]).float() for i in range(0, len(tiles), batch_size)])
+    logits = logits.reshape(b, n, window * window).transpose(1, 2)
+    summed = F.fold(logits, output_size=(hp, wp), kernel_size=window, stride=stride)
+    count = F.fold(torch.ones_like(logits[:1]), output_size=(hp, wp), kernel_size=window, stride=stride)
+    return (summed / count)[..., :h, :w]
+
+
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module,
@@ -462,12 +495,14 @@ def predict_logits(
     norm: NormStats,
     device: torch.device | str = "cpu",
     batch_size: int = 8,
+    window: int | None = None,
 ) -> list[np.ndarray]:
     """Vessel logits at each image's original size.
 
     Each ``[H, W]`` image in [0, 1] is resized to ``img_size`` (bilinear), normalised, run
-    through ``model``; the ``[img_size, img_size]`` logits are resized back to ``[H, W]``
-    (bilinear). Returns ``float32 [H, W]`` arrays (``> 0`` means vessel).
+    through ``model`` (whole, or with ``window`` tile by tile, see
+    :func:`sliding_window_logits`); the ``[img_size, img_size]`` logits are resized back to
+    ``[H, W]`` (bilinear). Returns ``float32 [H, W]`` arrays (``> 0`` means vessel).
     """
     model.eval()
     device = torch.device(device)
@@ -477,7 +512,10 @@ def predict_logits(
         x = torch.cat([resize_image(torch.from_numpy(np.ascontiguousarray(im, dtype=np.float32))[None, None], img_size) for im in chunk])
         x = ((x - norm.mean) / norm.std).to(device)
         with _autocast(device):
-            logits = model(x).float().cpu()
+            if window:
+                logits = sliding_window_logits(model, x, window=window, batch_size=4 * batch_size).cpu()
+            else:
+                logits = model(x).float().cpu()
         for lg, im in zip(logits, chunk):
             out.append(F.interpolate(lg[None], size=im.shape, mode="bilinear", align_corners=False)[0, 0].numpy())
     return out
@@ -491,13 +529,15 @@ def evaluate_samples(
     norm: NormStats,
     device: torch.device | str = "cpu",
     batch_size: int = 8,
+    window: int | None = None,
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Score ``model`` on ``samples`` at original resolution: ``(summary, per_image)`` as from
     :class:`priormim.evaluation.metrics.SegmentationMeter`."""
     from priormim.evaluation.metrics import SegmentationMeter
 
     meter = SegmentationMeter()
-    logits = predict_logits(model, [s.image for s in samples], img_size=img_size, norm=norm, device=device, batch_size=batch_size)
+    logits = predict_logits(model, [s.image for s in samples], img_size=img_size, norm=norm, device=device, batch_size=batch_size,
+                            window=window)
     for lg, s in zip(logits, samples):
         meter.update(lg[None] > 0, s.mask[None], names=[s.name])
     return meter.summary(), meter.per_image()
@@ -645,7 +685,7 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
     total = steps_per_epoch * cfg.epochs
     optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
     scheduler = make_scheduler(optimizer, total_steps=total, warmup_steps=min(cfg.warmup_epochs * steps_per_epoch, total // 5), min_lr=cfg.min_lr)
-    eval_kw = dict(img_size=cfg.img_size, norm=norm, device=device, batch_size=max(bs, 4))
+    eval_kw = dict(img_size=cfg.img_size, norm=norm, device=device, batch_size=max(bs, 4), window=model_config.get("window"))
 
     best_dice, best_epoch, best_state, curve = -1.0, 0, None, []
     step, t0, start_epoch, elapsed = 0, time.time(), 1, 0.0
@@ -873,7 +913,7 @@ def evaluate_saved_model(model_dir: str | Path, test_dir: str | Path, out_dir: s
     for md in model_dirs:
         model, mc = load_segmenter(md, device=dev)
         norm = NormStats(**mc["norm"])
-        summary, per_image = evaluate_samples(model, samples, img_size=int(mc["img_size"]), norm=norm, device=dev)
+        summary, per_image = evaluate_samples(model, samples, img_size=int(mc["img_size"]), norm=norm, device=dev, window=mc.get("window"))
         run_dir = out_dir / md.name if len(model_dirs) > 1 else out_dir
         seed = None
         try:
