@@ -110,7 +110,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    vit = dict(model="vit", img_size=IMG_SIZE, train_crop=WINDOW, epochs=args.vit_epochs, batch_size=4, model_kwargs=dict(ENCODER))
+    # Windowed validation of 6 images costs about an epoch of training: validate every 4th epoch.
+    vit = dict(model="vit", img_size=IMG_SIZE, train_crop=WINDOW, epochs=args.vit_epochs, batch_size=4, val_every=4,
+               model_kwargs=dict(ENCODER))
     for stage in args.stages:
         t = time.perf_counter()
         if stage == "baseline":

@@ -255,8 +255,11 @@ def test_sliding_window_averages_overlapping_tiles():
 
 
 def test_vit_trained_on_windows_predicts_by_windows_after_reload(tmp_path):
-    cfg = tiny_cfg(tmp_path, model="vit", model_kwargs=TINY_VIT, decoder_base=8, img_size=32, train_crop=16)
+    cfg = tiny_cfg(tmp_path, model="vit", model_kwargs=TINY_VIT, decoder_base=8, img_size=32, train_crop=16,
+                   epochs=3, val_every=2)
     result = finetune_segmentation(cfg)
+    curve = json.loads((result.run_dirs[0] / "metrics.json").read_text())["val_curve"]
+    assert [c["val_dice"] is not None for c in curve] == [False, True, True]  # epoch 2, and the last
     model, mc = load_segmenter(result.out_dir)
     assert mc["window"] == 16 and mc["img_size"] == 32
     assert tuple(model.encoder.patch_embed.grid_size) == (4, 4)  # built for the window, not the image

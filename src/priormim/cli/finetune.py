@@ -61,6 +61,7 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
     train.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: vit 0.05, unet 1e-4)")
     train.add_argument("--layer-decay", type=float, help="ViT layer-wise lr decay (default 0.75 with --encoder, else off)")
     train.add_argument("--warmup-epochs", type=int, default=5)
+    train.add_argument("--val-every", type=int, default=1, help="epochs between validations (the best epoch is picked among them)")
     train.add_argument("--no-augment", action="store_true", help="disable the paired augmentation")
     train.add_argument("--train-crop", type=int, help="train on random windows of this size (faster); a ViT also predicts window by window")
     train.add_argument("--label", help="method name in the results table")
@@ -95,7 +96,7 @@ def run_seg(args: argparse.Namespace) -> int:
         model=args.model, encoder=args.encoder, backbone=args.backbone, model_kwargs=args.model_kwargs, img_size=args.img_size,
         unet_base_channels=args.unet_base, drop_path=args.drop_path, seeds=tuple(args.seeds), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
-        warmup_epochs=args.warmup_epochs, augment=not args.no_augment, train_crop=args.train_crop, label=args.label, device=args.device,
+        warmup_epochs=args.warmup_epochs, val_every=args.val_every, augment=not args.no_augment, train_crop=args.train_crop, label=args.label, device=args.device,
     )
     result = finetune_segmentation(cfg, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports

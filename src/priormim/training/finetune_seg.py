@@ -134,6 +134,7 @@ class SegFinetuneConfig:
     drop_path: float = 0.1
     warmup_epochs: int = 5
     min_lr: float = 1e-6
+    val_every: int = 1  # epochs between validations (the last epoch is always validated)
     augment: bool = True
     train_crop: int | None = None  # train on random windows of this size (default: whole image); a ViT also predicts by windows
     device: str = "auto"
@@ -149,8 +150,8 @@ class SegFinetuneConfig:
             raise UserError("pass either --data DIR or --train/--test (and --val) folders, not both")
         if self.model == "unet" and self.encoder is not None:
             raise UserError("--model unet trains from scratch; drop --encoder or use --model vit", self.encoder)
-        if self.epochs < 1 or self.batch_size < 1:
-            raise UserError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.epochs < 1 or self.batch_size < 1 or self.val_every < 1:
+            raise UserError(f"epochs, batch size and --val-every must be >= 1, got {self.epochs}, {self.batch_size}, {self.val_every}")
         if not self.seeds:
             raise UserError("pass at least one seed")
         vit = self.model == "vit"
@@ -730,14 +731,17 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
             step += 1
             scheduler.step_update(num_updates=step)
             losses.append(float(loss.detach()))
-        dice = val_dice(model, data.val, **eval_kw)
+        # Validation can cost as much as an epoch of training (windowed ViTs): every val_every epochs.
+        validate = epoch % cfg.val_every == 0 or epoch == cfg.epochs
+        dice = val_dice(model, data.val, **eval_kw) if validate else None
         lr = max(g["lr"] for g in optimizer.param_groups)
         curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": dice, "lr": lr})
-        if dice > best_dice:  # strict: ties keep the earlier epoch
+        if dice is not None and dice > best_dice:  # strict: ties keep the earlier epoch
             best_dice, best_epoch = dice, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        log.info("seed %d epoch %d/%d  loss %.4f  val DSC %.4f  (best %.4f @%d)  lr %.2e  %.0fs",
-                 seed, epoch, cfg.epochs, curve[-1]["train_loss"], dice, best_dice, best_epoch, lr, time.time() - t0)
+        log.info("seed %d epoch %d/%d  loss %.4f  val DSC %s  (best %.4f @%d)  lr %.2e  %.0fs",
+                 seed, epoch, cfg.epochs, curve[-1]["train_loss"], "-" if dice is None else f"{dice:.4f}",
+                 best_dice, best_epoch, lr, time.time() - t0)
         if epoch < cfg.epochs:
             last = run_dir / "last.ckpt"
             if last.is_file():
