@@ -45,7 +45,9 @@ from priormim.training.results import aggregate_runs, write_results_table
 # A 6-block ViT-tiny: the CPU budget of this machine; patch 16 as in the papers.
 ENCODER = {"patch_size": 16, "depth": 6, "embed_dim": 192, "num_heads": 3}
 IMG_SIZE, WINDOW = 288, 128  # fine-tuning resolution and training / inference window
-STAGES = ("baseline", "unet", "vit_scratch", "pretrain", "vit_mae", "vit_vasomim", "table")
+STAGES = ("baseline", "unet", "vit_scratch", "pretrain", "vit_mae", "vit_vasomim", "table", "figure")
+# Fine-tuning folder -> the bench's method key (for its labels and colours).
+FIGURE_METHODS = {"unet": "unet", "vit_scratch": "vit_scratch", "vit_mae": "mae", "vit_vasomim": "vasomim"}
 
 
 def split_names(data: Path) -> dict[str, list[str]]:
@@ -96,6 +98,33 @@ def finetune(name: str, args: argparse.Namespace, **kw) -> Path:
     return out
 
 
+def prediction_figure(args: argparse.Namespace, n: int = 3) -> Path:
+    """``<out>/dca1_predictions.png``: the first ``n`` test angiograms, ground truth, and each
+    model's prediction (seed 0) coloured by outcome, with its DSC."""
+    from priormim.benchmark.figures import predictions_figure
+    from priormim.evaluation.metrics import dice_score
+    from priormim.models.seg import NormStats
+    from priormim.training.finetune_seg import baseline_mask, load_samples, load_segmenter, predict_logits
+
+    test = set(split_names(args.data)["test"])
+    samples = load_samples([p for p in read_segmentation_folder(args.data, check_binary=False) if p.name in test])[:n]
+    rows = [{"image": s.image, "mask": s.mask, "preds": {}, "dice": {}} for s in samples]
+    preds = {"vesselness": [baseline_mask(s.image, keep="all") for s in samples]}
+    for folder, key in FIGURE_METHODS.items():
+        run = args.out / "finetune" / folder / "seed0"
+        if (run / "model.safetensors").is_file():
+            model, mc = load_segmenter(run)
+            logits = predict_logits(model, [s.image for s in samples], img_size=int(mc["img_size"]),
+                                    norm=NormStats(**mc["norm"]), window=mc.get("window"))
+            preds[key] = [lg > 0 for lg in logits]
+    for key, masks in preds.items():
+        for row, pred, s in zip(rows, masks, samples):
+            row["preds"][key], row["dice"][key] = pred, float(dice_score(pred, s.mask)[0])
+    args.out.mkdir(parents=True, exist_ok=True)
+    return predictions_figure(rows, list(preds), args.out / "dca1_predictions.png",
+                              title="DCA1 test angiograms (seed 0): white hit, red false positive, blue missed")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -135,6 +164,8 @@ def main() -> None:
                 for d in sorted((args.out / "finetune" / name).glob("seed*")) if (d / "metrics.json").exists()]
             md, _ = write_results_table(aggregate_runs(runs), args.out, title="DCA1 vessel segmentation (10 test angiograms)")
             print(Path(md).read_text() if Path(md).exists() else md)
+        elif stage == "figure":
+            print(f"[dca1] wrote {prediction_figure(args)}", file=sys.stderr, flush=True)
         print(f"[dca1] stage {stage} done in {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
     (args.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
 
