@@ -134,7 +134,7 @@ def main() -> None:
     ap.add_argument("--n-synthetic", type=int, default=100)
     ap.add_argument("--pretrain-epochs", type=int, default=400)
     ap.add_argument("--pretrain-lr", type=float, default=5e-4)
-    ap.add_argument("--vit-epochs", type=int, default=200)
+    ap.add_argument("--vit-epochs", type=int, default=120)
     ap.add_argument("--unet-epochs", type=int, default=200)
     args = ap.parse_args()
     torch.set_num_threads(1)
