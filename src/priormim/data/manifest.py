@@ -150,19 +150,9 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         cols = {c: table.column(c).to_pylist() for c in header}
         rows = [{c: "" if cols[c][k] is None else str(cols[c][k]) for c in header} for k in range(table.num_rows)]
         return header, rows
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise UserError("manifest is empty; it needs a header row with an 'image' column", path)
-            header = [h.strip() for h in header]
-            rows = [dict(zip(header, (v.strip() for v in row))) for row in reader if any(v.strip() for v in row)]
-    except UnicodeDecodeError as exc:
-        raise UserError(f"is not a UTF-8 CSV ({exc}); write the manifest as CSV (UTF-8)", path) from exc
-    except csv.Error as exc:
-        raise UserError(f"is not a valid CSV ({exc}); fix the manifest", path) from exc
-    return header, rows
+    from priormim.data.readers import read_csv_rows
+
+    return read_csv_rows(path, empty="manifest is empty; it needs a header row with an 'image' column")
 
 
 def read_manifest(path: str | Path) -> list[ManifestEntry]:

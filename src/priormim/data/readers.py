@@ -104,19 +104,29 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise UserError(f"cannot read DICOM header ({type(exc).__name__}: {exc}); the file is corrupt", path) from exc
 
 
-def _read_csv(path: Path, required: tuple[str, ...], fix: str) -> tuple[list[str], list[dict[str, str]]]:
-    """Rows of a CSV as dicts; header names stripped (BOM too). UserError on missing columns."""
-    _require_file(path, fix)
+def read_csv_rows(path: Path, *, empty: str = "CSV file is empty; it needs a header row") -> tuple[list[str], list[dict[str, str]]]:
+    """``(header, rows)`` of a UTF-8 CSV: rows as dicts, names and values stripped (a BOM too),
+    blank rows dropped. UserError naming ``path`` (with ``empty`` for a file without a header)
+    for undecodable or malformed files."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
-                raise UserError("CSV file is empty; it needs a header row", path)
+                raise UserError(empty, path)
             header = [h.strip() for h in header]
             rows = [dict(zip(header, (v.strip() for v in row))) for row in reader if any(v.strip() for v in row)]
     except UnicodeDecodeError as exc:
         raise UserError(f"is not a UTF-8 text CSV ({exc}); save it as CSV (UTF-8)", path) from exc
+    except csv.Error as exc:
+        raise UserError(f"is not a valid CSV ({exc}); fix the file", path) from exc
+    return header, rows
+
+
+def _read_csv(path: Path, required: tuple[str, ...], fix: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Rows of a CSV as dicts (:func:`read_csv_rows`). UserError on missing columns."""
+    _require_file(path, fix)
+    header, rows = read_csv_rows(path)
     missing = [c for c in required if c not in header]
     if missing:
         raise UserError(

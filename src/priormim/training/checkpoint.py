@@ -81,9 +81,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def latest_valid_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest loadable checkpoint in ``run_dir`` (``last.ckpt`` first, then by epoch)."""
+    """The newest loadable checkpoint in ``run_dir``: ``last.ckpt``, then ``previous.ckpt``
+    (the one ``last.ckpt`` replaced), then numbered ``checkpoint-*.ckpt`` by epoch."""
     run_dir = Path(run_dir)
-    candidates = [run_dir / "last.ckpt"] + sorted(run_dir.glob("checkpoint-*.ckpt"), reverse=True)
+    candidates = [run_dir / "last.ckpt", run_dir / "previous.ckpt"] + sorted(run_dir.glob("checkpoint-*.ckpt"), reverse=True)
     for c in candidates:
         if not c.exists():
             continue

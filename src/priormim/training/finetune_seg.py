@@ -645,21 +645,6 @@ def _resume_fingerprint(cfg: SegFinetuneConfig, seed: int) -> dict[str, Any]:
     return d
 
 
-def load_seed_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest loadable checkpoint of a seed folder (``last.ckpt``, else ``previous.ckpt``)."""
-    from priormim.training.checkpoint import load_checkpoint
-
-    for name in ("last.ckpt", "previous.ckpt"):
-        path = run_dir / name
-        if not path.is_file():
-            continue
-        try:
-            return path, load_checkpoint(path)
-        except UserError as exc:
-            log.warning("skipping %s", exc)
-    return None
-
-
 def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path, *, resume: bool = False,
                    device: torch.device | None = None) -> dict[str, Any]:
     """Train with ``seed``, keep the best-val-Dice epoch, score it on the test set.
@@ -671,7 +656,7 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
     uninterrupted run (deterministic on CPU). Writes ``model.safetensors``, ``config.json``
     then ``metrics.json`` into ``run_dir``, removes the checkpoints and returns the metrics.
     """
-    from priormim.training.checkpoint import rng_state, save_checkpoint, set_rng_state
+    from priormim.training.checkpoint import latest_valid_checkpoint, rng_state, save_checkpoint, set_rng_state
 
     device = device if device is not None else resolve_device(cfg.device)
     gen = _seed_everything(seed)
@@ -692,7 +677,7 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
     step, t0, start_epoch, elapsed = 0, time.time(), 1, 0.0
     fingerprint = _resume_fingerprint(cfg, seed)
     if resume:
-        found = load_seed_checkpoint(run_dir)
+        found = latest_valid_checkpoint(run_dir)  # last.ckpt, else previous.ckpt
         if found is None:
             log.info("seed %d: no checkpoint in %s, starting from scratch", seed, run_dir)
         else:
