@@ -94,7 +94,7 @@ def pretrain_method(recipe: str, args: argparse.Namespace) -> Path:
 
 def finetune(name: str, args: argparse.Namespace, **kw) -> Path:
     out = args.out / "finetune" / name
-    finetune_segmentation(SegFinetuneConfig(out=out, data=args.data, seeds=tuple(args.seeds), **kw))
+    finetune_segmentation(SegFinetuneConfig(out=out, data=args.data, seeds=tuple(args.seeds), **kw), rescore=args.rescore)
     return out
 
 
@@ -103,8 +103,7 @@ def prediction_figure(args: argparse.Namespace, n: int = 3) -> Path:
     model's prediction (seed 0) coloured by outcome, with its DSC."""
     from priormim.benchmark.figures import predictions_figure
     from priormim.evaluation.metrics import dice_score
-    from priormim.models.seg import NormStats
-    from priormim.training.finetune_seg import baseline_mask, load_samples, load_segmenter, predict_logits
+    from priormim.training.finetune_seg import baseline_mask, load_samples, load_segmenter, predict_masks
 
     test = set(split_names(args.data)["test"])
     samples = load_samples([p for p in read_segmentation_folder(args.data, check_binary=False) if p.name in test])[:n]
@@ -114,9 +113,7 @@ def prediction_figure(args: argparse.Namespace, n: int = 3) -> Path:
         run = args.out / "finetune" / folder / "seed0"
         if (run / "model.safetensors").is_file():
             model, mc = load_segmenter(run)
-            logits = predict_logits(model, [s.image for s in samples], img_size=int(mc["img_size"]),
-                                    norm=NormStats(**mc["norm"]), window=mc.get("window"))
-            preds[key] = [lg > 0 for lg in logits]
+            preds[key] = predict_masks(model, [s.image for s in samples], mc)
     for key, masks in preds.items():
         for row, pred, s in zip(rows, masks, samples):
             row["preds"][key], row["dice"][key] = pred, float(dice_score(pred, s.mask)[0])
@@ -136,6 +133,8 @@ def main() -> None:
     ap.add_argument("--pretrain-lr", type=float, default=5e-4)
     ap.add_argument("--vit-epochs", type=int, default=120)
     ap.add_argument("--unet-epochs", type=int, default=200)
+    ap.add_argument("--rescore", action="store_true",
+                    help="finished fine-tuning seeds are re-scored with their saved weights (post-processing re-picked on val)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -24,7 +24,10 @@ from priormim.training.finetune_seg import (
     fixed_split,
     load_segmenter,
     paired_augment,
+    PostProcess,
+    pick_threshold,
     predict_logits,
+    predict_masks,
     read_label_mask,
     run_vesselness_baseline,
     sliding_window_logits,
@@ -212,8 +215,10 @@ def test_saved_model_reloads_with_identical_predictions(tmp_path):
     from priormim.training.finetune_seg import prepare_data
 
     test = prepare_data(cfg.resolved()).test
-    summary, _ = evaluate_samples(model, test, img_size=32, norm=NormStats(**mc["norm"]))
+    summary, _ = evaluate_samples(model, test, img_size=32, norm=NormStats(**mc["norm"]), post=PostProcess.from_config(mc))
     assert summary["dice"]["mean"] == pytest.approx(metrics["test"]["summary"]["dice"]["mean"])
+    assert mc["postprocess"] == metrics["postprocess"] and metrics["postprocess"]["fov"] == "collimator"
+    assert metrics["postprocess"]["threshold"] in [float(t) for t in metrics["val_dice_by_threshold"]]
 
 
 class _PointwiseRecorder(torch.nn.Module):
@@ -267,8 +272,88 @@ def test_vit_trained_on_windows_predicts_by_windows_after_reload(tmp_path):
     from priormim.training.finetune_seg import prepare_data
 
     test = prepare_data(cfg.resolved()).test
-    summary, _ = evaluate_samples(model, test, img_size=32, norm=NormStats(**mc["norm"]), window=16)
+    summary, _ = evaluate_samples(model, test, img_size=32, norm=NormStats(**mc["norm"]), window=16, post=PostProcess.from_config(mc))
     assert summary["dice"]["mean"] == pytest.approx(metrics["test"]["summary"]["dice"]["mean"])
+    masks = predict_masks(model, [s.image for s in test], mc)  # the path predict / evaluate take
+    from priormim.evaluation.metrics import dice_score
+
+    assert np.mean([dice_score(m, s.mask)[0] for m, s in zip(masks, test)]) == pytest.approx(summary["dice"]["mean"])
+
+
+# -- post-processing ---------------------------------------------------------------------------
+
+
+def collimated_image(h: int = 40, w: int = 40, r: float = 16.0) -> np.ndarray:
+    """Noisy grey disc (the X-ray field) inside flat black corners (the collimator)."""
+    yy, xx = np.mgrid[:h, :w]
+    inside = (yy - h / 2 + 0.5) ** 2 + (xx - w / 2 + 0.5) ** 2 <= r * r
+    noise = np.random.default_rng(0).uniform(0.3, 0.9, (h, w))
+    return np.where(inside, noise, 0.0).astype(np.float32)
+
+
+def test_postprocess_threshold_is_a_probability_cut():
+    logits = np.array([[-1.0, 0.1, 0.5, 2.0]], np.float32)
+    image = np.random.default_rng(0).uniform(0.2, 0.8, logits.shape).astype(np.float32)
+    assert PostProcess(threshold=0.5).apply(logits, image).tolist() == [[False, True, True, True]]
+    # logit(0.6) = 0.405, logit(0.7) = 0.847
+    assert PostProcess(threshold=0.6).apply(logits, image).tolist() == [[False, False, True, True]]
+    assert PostProcess(threshold=0.7).apply(logits, image).tolist() == [[False, False, False, True]]
+
+
+def test_postprocess_drops_predictions_outside_the_field_of_view():
+    image = collimated_image()
+    everywhere = np.ones(image.shape, np.float32)
+    kept = PostProcess(fov="collimator", fov_margin=0).apply(everywhere, image)
+    assert not kept[0, 0] and not kept[-1, -1] and not kept[0, -1]  # flat black corners
+    assert kept[20, 20] and kept[20, 6]  # the field, up to near its edge
+    assert np.array_equal(kept, image > 0)  # margin 0: exactly the field
+    wider = PostProcess(fov="collimator", fov_margin=4).apply(everywhere, image)
+    assert wider.sum() < kept.sum() and not (wider & ~kept).any()
+    assert PostProcess(fov="none").apply(everywhere, image).all()
+    # An image without a collimator loses nothing.
+    plain = np.random.default_rng(1).uniform(0.2, 0.8, image.shape).astype(np.float32)
+    assert PostProcess(fov="collimator").apply(everywhere, plain).all()
+    # Old configs (no "postprocess" key) keep the old behaviour.
+    assert PostProcess.from_config({}) == PostProcess(threshold=0.5, fov="none")
+
+
+class _ScaledInput(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 10.0 * (x - 0.5)
+
+
+def test_pick_threshold_finds_the_cut_the_labels_were_made_with():
+    # logit = 10 (x - 0.5): sigmoid > t  <=>  x > 0.5 + logit(t) / 10; t = 0.65 cuts at 0.5619.
+    rng = np.random.default_rng(0)
+    val = []
+    for i in range(3):
+        image = rng.uniform(0, 1, (24, 24)).astype(np.float32)
+        val.append(SegSample(f"v{i}", image, image > 0.5619))
+    best, scores = pick_threshold(_ScaledInput(), val, post=PostProcess(), img_size=24, norm=NormStats(mean=0.0, std=1.0))
+    assert best == 0.65 and scores[0.65] > 0.99 and scores[0.5] < scores[0.6] < scores[0.65] > scores[0.7]
+    assert sorted(scores) == [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7]
+
+
+def test_rescore_repicks_postprocessing_without_retraining(tmp_path):
+    first = finetune_segmentation(tiny_cfg(tmp_path, fov="none", threshold=0.5))
+    seed0 = first.run_dirs[0]
+    weights = (seed0 / "model.safetensors").read_bytes()
+    old = json.loads((seed0 / "metrics.json").read_text())
+    assert old["postprocess"] == {"threshold": 0.5, "fov": "none", "fov_margin": 8} and old["val_dice_by_threshold"] is None
+
+    finetune_segmentation(tiny_cfg(tmp_path, fov="collimator", threshold=0.7), rescore=True)
+    new = json.loads((seed0 / "metrics.json").read_text())
+    assert new["postprocess"]["threshold"] == 0.7 and new["postprocess"]["fov"] == "collimator"
+    assert json.loads((seed0 / "config.json").read_text())["postprocess"] == new["postprocess"]
+    assert new["best_epoch"] == old["best_epoch"] and new["val_curve"] == old["val_curve"]
+    model, mc = load_segmenter(seed0)
+    from safetensors.torch import load as load_st
+
+    reloaded = load_st(weights)
+    assert all(torch.equal(reloaded[k], v) for k, v in model.state_dict().items())  # same weights, not retrained
+    # Training settings cannot change under --rescore.
+    with pytest.raises(UserError, match="trained with other settings \\(epochs\\)"):
+        finetune_segmentation(tiny_cfg(tmp_path, epochs=2), rescore=True)
 
 
 def test_config_errors_are_user_errors(tmp_path):
@@ -280,6 +365,10 @@ def test_config_errors_are_user_errors(tmp_path):
         finetune_segmentation(SegFinetuneConfig(out=tmp_path / "o", train=tmp_path / "missing", test=tmp_path / "missing"))
     with pytest.raises(UserError, match="--train-crop must be between"):
         SegFinetuneConfig(out=tmp_path, data=tmp_path, model="vit", img_size=64, train_crop=96).resolved()
+    with pytest.raises(UserError, match="--fov"):
+        SegFinetuneConfig(out=tmp_path, data=tmp_path, fov="disc").resolved()
+    with pytest.raises(UserError, match="--threshold"):
+        SegFinetuneConfig(out=tmp_path, data=tmp_path, threshold=1.0).resolved()
 
 
 def test_vesselness_baseline_writes_metrics(tmp_path):

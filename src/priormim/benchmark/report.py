@@ -278,8 +278,7 @@ def qualitative_methods(res: BenchResults, dataset: str, extra: int = 2) -> list
 def prediction_rows(out: Path, ds: SegDataset, methods: list[str], n: int = 3) -> list[dict]:
     """A few test images with every method's prediction (lowest finished seed)."""
     from priormim.evaluation.metrics import dice_score
-    from priormim.models.seg import NormStats
-    from priormim.training.finetune_seg import baseline_mask, load_segmenter, predict_logits
+    from priormim.training.finetune_seg import baseline_mask, load_segmenter, predict_masks
 
     samples = ds.test_samples()[:n]
     rows = [{"image": s.image, "mask": s.mask, "preds": {}, "dice": {}} for s in samples]
@@ -293,9 +292,7 @@ def prediction_rows(out: Path, ds: SegDataset, methods: list[str], n: int = 3) -
                 if not seed_dirs:
                     continue
                 model, mc = load_segmenter(seed_dirs[0])
-                logits = predict_logits(model, [s.image for s in samples], img_size=int(mc["img_size"]), norm=NormStats(**mc["norm"]),
-                                        window=mc.get("window"))
-                preds = [lg > 0 for lg in logits]
+                preds = predict_masks(model, [s.image for s in samples], mc)
         except Exception as exc:  # noqa: BLE001
             log.warning("predictions of %s on %s skipped: %s", method, ds.name, exc)
             continue

@@ -69,6 +69,13 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted seed from seed<k>/last.ckpt (same options required); "
                        "several GPUs: torchrun --nproc-per-node N -m priormim finetune seg ... shares the seeds out")
+    post = p.add_argument_group("post-processing (stored with the model; predict and evaluate use it)")
+    post.add_argument("--fov", choices=("collimator", "none"), default="collimator",
+                      help="collimator (default): no vessel outside the X-ray field of view (flat regions touching the frame); none: keep all")
+    post.add_argument("--threshold", type=float, default=None,
+                      help="probability threshold (default: picked on the validation split from 0.3 to 0.7)")
+    post.add_argument("--rescore", action="store_true",
+                      help="do not retrain finished seeds: re-pick the post-processing on val and re-score the test set")
     p.set_defaults(func=run_seg)
     return p
 
@@ -97,8 +104,9 @@ def run_seg(args: argparse.Namespace) -> int:
         unet_base_channels=args.unet_base, drop_path=args.drop_path, seeds=tuple(args.seeds), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
         warmup_epochs=args.warmup_epochs, val_every=args.val_every, augment=not args.no_augment, train_crop=args.train_crop, label=args.label, device=args.device,
+        fov=args.fov, threshold=args.threshold,
     )
-    result = finetune_segmentation(cfg, resume=args.resume)
+    result = finetune_segmentation(cfg, resume=args.resume, rescore=args.rescore)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(result.results_md.read_text(encoding="utf-8"))
         print(f"results -> {result.results_md}, {result.results_csv}")

@@ -67,13 +67,11 @@ def _image_folder(folder: Path) -> Path:
 def run_predict(args: argparse.Namespace) -> int:
     from priormim.errors import UserError
     from priormim.io import list_images, read_gray, write_png
-    from priormim.models.seg import NormStats
-    from priormim.training.finetune_seg import load_segmenter, predict_logits, resolve_device
+    from priormim.training.finetune_seg import load_segmenter, predict_masks, resolve_device
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     device = resolve_device(args.device)
     model, cfg = load_segmenter(args.model, device=device)
-    norm = NormStats(**cfg["norm"])
     files = list_images(_image_folder(args.images))
     done = skipped = 0
     for start in range(0, len(files), args.batch_size):
@@ -86,10 +84,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 skipped += 1
         if not batch:
             continue
-        logits = predict_logits(model, [im for _, im in batch], img_size=int(cfg["img_size"]), norm=norm, device=device,
-                                batch_size=args.batch_size, window=cfg.get("window"))
-        for (f, im), lg in zip(batch, logits):
-            mask = lg > 0
+        masks = predict_masks(model, [im for _, im in batch], cfg, device=device, batch_size=args.batch_size)
+        for (f, im), mask in zip(batch, masks):
             write_png(args.out / "masks" / f"{f.stem}.png", mask)
             _write_rgb(args.out / "overlays" / f"{f.stem}.png", overlay_rgb(im, mask))
             done += 1

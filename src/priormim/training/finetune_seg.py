@@ -4,7 +4,12 @@ The protocol, the same for every method so that comparisons are fair:
 
 * images of any size are resized (bilinear, antialiased) to ``img_size x img_size`` for the
   model, masks with nearest neighbour; logits are mapped back to each image's original size
-  (bilinear) and thresholded at 0 before scoring, so metrics are at the original resolution;
+  (bilinear) and thresholded before scoring, so metrics are at the original resolution;
+* post-processing (:class:`PostProcess`, stored in ``config.json``): predictions outside the
+  X-ray field of view (flat collimator regions touching the frame, as
+  :func:`priormim.priors.vessel.collimator_mask` finds them, the same exclusion the
+  vesselness baseline uses) are background, and the probability threshold is picked on the
+  validation split (by Dice, from 0.3 to 0.7) once the best epoch is chosen;
 * with ``train_crop`` the model trains on random ``train_crop`` windows of that image; a
   U-Net then predicts the whole image at once, a ViT (whose position embeddings are tied to
   its input size) predicts it window by window with half-window overlap and averages the
@@ -20,7 +25,7 @@ The protocol, the same for every method so that comparisons are fair:
   and ``results.csv`` give mean ± std over seeds.
 
 Everything is plain functions usable without the CLI: :func:`finetune_segmentation`,
-:func:`run_vesselness_baseline`, :func:`load_segmenter`, :func:`predict_logits`.
+:func:`run_vesselness_baseline`, :func:`load_segmenter`, :func:`predict_masks`, :func:`predict_logits`.
 """
 
 from __future__ import annotations
@@ -52,6 +57,53 @@ from priormim.training.results import ResultRow, aggregate_runs, read_metrics, w
 log = logging.getLogger(__name__)
 
 CONFIG_FORMAT = "priormim.segmenter"
+FOV_METHODS = ("collimator", "none")
+# Probability thresholds tried on the validation split (Dice-trained models are often not
+# calibrated at 0.5: a sharper or softer boundary moves the best cut).
+THRESHOLD_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """How a segmenter's logits become a mask (stored under ``"postprocess"`` in ``config.json``).
+
+    ``threshold``: probability cut (``sigmoid(logit) > threshold``). ``fov``: ``"collimator"``
+    sets predictions outside the X-ray field of view to background: the flat regions touching
+    the image frame (collimator, shutters) grown by ``fov_margin`` px, found by
+    :func:`priormim.priors.vessel.collimator_mask` on the image at its original size. Hand-drawn
+    vessel masks never reach into the collimator, while every learned model tends to mark its
+    edge (a dark step edge looks like a vessel wall); the vesselness baseline drops the same
+    region. ``"none"`` keeps every prediction.
+    """
+
+    threshold: float = 0.5
+    fov: str = "none"
+    fov_margin: int = 8
+
+    @classmethod
+    def from_config(cls, model_config: dict[str, Any]) -> PostProcess:
+        """From a ``config.json`` dict; configs written before post-processing existed get the
+        old behaviour (threshold 0.5, no field-of-view mask)."""
+        d = model_config.get("postprocess") or {}
+        return cls(threshold=float(d.get("threshold", 0.5)), fov=str(d.get("fov", "none")), fov_margin=int(d.get("fov_margin", 8)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "fov": self.fov, "fov_margin": self.fov_margin}
+
+    def outside_fov(self, image: np.ndarray) -> np.ndarray | None:
+        """``bool [H, W]``: True where predictions are dropped, or None without a FOV mask."""
+        if self.fov == "none":
+            return None
+        from priormim.priors.vessel import collimator_mask
+
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+        return collimator_mask(x, margin=self.fov_margin)[0, 0].numpy()
+
+    def apply(self, logits: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """``float [H, W]`` logits of ``image`` -> ``bool [H, W]`` mask."""
+        mask = logits > math.log(self.threshold / (1 - self.threshold))  # sigmoid(l) > t
+        outside = self.outside_fov(image)
+        return mask if outside is None else mask & ~outside
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,6 +189,8 @@ class SegFinetuneConfig:
     val_every: int = 1  # epochs between validations (the last epoch is always validated)
     augment: bool = True
     train_crop: int | None = None  # train on random windows of this size (default: whole image); a ViT also predicts by windows
+    fov: str = "collimator"  # "collimator": no vessel outside the X-ray field of view; "none": keep every prediction
+    threshold: float | None = None  # probability threshold; None: picked on the validation split
     device: str = "auto"
     label: str | None = None  # method name in tables; default from model / encoder
 
@@ -154,6 +208,10 @@ class SegFinetuneConfig:
             raise UserError(f"epochs, batch size and --val-every must be >= 1, got {self.epochs}, {self.batch_size}, {self.val_every}")
         if not self.seeds:
             raise UserError("pass at least one seed")
+        if self.fov not in FOV_METHODS:
+            raise UserError(f"unknown --fov {self.fov!r}; use {' or '.join(FOV_METHODS)}")
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise UserError(f"--threshold is a probability strictly between 0 and 1, got {self.threshold}")
         vit = self.model == "vit"
         img_size = self.img_size or (224 if vit else 256)
         if self.train_crop is not None and not 16 <= self.train_crop <= img_size:
@@ -522,6 +580,35 @@ def predict_logits(
     return out
 
 
+def predict_masks(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    model_config: dict[str, Any],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+) -> list[np.ndarray]:
+    """Vessel masks ``bool [H, W]`` of ``[H, W]`` images in [0, 1], at their original size, as a
+    saved segmenter's ``config.json`` prescribes (input size, normalisation, window,
+    :class:`PostProcess`). The one path from a saved model to a mask: predict, evaluate, the
+    bench report and the figures all use it."""
+    logits = predict_logits(model, images, img_size=int(model_config["img_size"]), norm=NormStats(**model_config["norm"]),
+                            device=device, batch_size=batch_size, window=model_config.get("window"))
+    post = PostProcess.from_config(model_config)
+    return [post.apply(lg, im) for lg, im in zip(logits, images)]
+
+
+def score_masks(masks: Sequence[np.ndarray], samples: Sequence[SegSample]) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """``(summary, per_image)`` of predicted masks against the samples' ground truth (see
+    :class:`priormim.evaluation.metrics.SegmentationMeter`)."""
+    from priormim.evaluation.metrics import SegmentationMeter
+
+    meter = SegmentationMeter()
+    for pred, s in zip(masks, samples):
+        meter.update(pred[None], s.mask[None], names=[s.name])
+    return meter.summary(), meter.per_image()
+
+
 def evaluate_samples(
     model: nn.Module,
     samples: Sequence[SegSample],
@@ -531,25 +618,41 @@ def evaluate_samples(
     device: torch.device | str = "cpu",
     batch_size: int = 8,
     window: int | None = None,
+    post: PostProcess = PostProcess(),
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Score ``model`` on ``samples`` at original resolution: ``(summary, per_image)`` as from
     :class:`priormim.evaluation.metrics.SegmentationMeter`."""
-    from priormim.evaluation.metrics import SegmentationMeter
-
-    meter = SegmentationMeter()
     logits = predict_logits(model, [s.image for s in samples], img_size=img_size, norm=norm, device=device, batch_size=batch_size,
                             window=window)
-    for lg, s in zip(logits, samples):
-        meter.update(lg[None] > 0, s.mask[None], names=[s.name])
-    return meter.summary(), meter.per_image()
+    return score_masks([post.apply(lg, s.image) for lg, s in zip(logits, samples)], samples)
 
 
-def val_dice(model: nn.Module, samples: Sequence[SegSample], **kwargs: Any) -> float:
+def val_dice(model: nn.Module, samples: Sequence[SegSample], *, post: PostProcess = PostProcess(), **kwargs: Any) -> float:
     """Mean Dice at original resolution (no clDice: cheap enough for every epoch)."""
     from priormim.evaluation.metrics import dice_score
 
     logits = predict_logits(model, [s.image for s in samples], **kwargs)
-    return float(np.mean([dice_score(lg > 0, s.mask)[0] for lg, s in zip(logits, samples)]))
+    return float(np.mean([dice_score(post.apply(lg, s.image), s.mask)[0] for lg, s in zip(logits, samples)]))
+
+
+def pick_threshold(
+    model: nn.Module, samples: Sequence[SegSample], *, post: PostProcess, grid: Sequence[float] = THRESHOLD_GRID, **kwargs: Any
+) -> tuple[float, dict[float, float]]:
+    """The probability threshold from ``grid`` with the best mean Dice on ``samples`` (the
+    validation split; ties go to the threshold nearest 0.5). ``kwargs`` go to
+    :func:`predict_logits`. Returns ``(threshold, {threshold: mean Dice})``."""
+    from priormim.evaluation.metrics import dice_score
+
+    logits = predict_logits(model, [s.image for s in samples], **kwargs)
+    outside = [post.outside_fov(s.image) for s in samples]
+    scores = {}
+    for t in grid:
+        cut = math.log(t / (1 - t))
+        scores[float(t)] = float(np.mean([
+            dice_score((lg > cut) if out is None else (lg > cut) & ~out, s.mask)[0] for lg, out, s in zip(logits, outside, samples)
+        ]))
+    best = max(scores, key=lambda t: (round(scores[t], 9), -abs(t - 0.5)))
+    return best, scores
 
 
 # ----------------------------------------------------------------------------------------------
@@ -672,6 +775,9 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
     optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
     scheduler = make_scheduler(optimizer, total_steps=total, warmup_steps=min(cfg.warmup_epochs * steps_per_epoch, total // 5), min_lr=cfg.min_lr)
     eval_kw = dict(img_size=cfg.img_size, norm=norm, device=device, batch_size=max(bs, 4), window=model_config.get("window"))
+    # Epochs are compared at threshold 0.5 with the final field-of-view rule; the threshold
+    # itself is picked once, for the best epoch (see finish_seed).
+    val_post = PostProcess(threshold=0.5, fov=cfg.fov)
 
     best_dice, best_epoch, best_state, curve = -1.0, 0, None, []
     step, t0, start_epoch, elapsed = 0, time.time(), 1, 0.0
@@ -718,7 +824,7 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
             losses.append(float(loss.detach()))
         # Validation can cost as much as an epoch of training (windowed ViTs): every val_every epochs.
         validate = epoch % cfg.val_every == 0 or epoch == cfg.epochs
-        dice = val_dice(model, data.val, **eval_kw) if validate else None
+        dice = val_dice(model, data.val, post=val_post, **eval_kw) if validate else None
         lr = max(g["lr"] for g in optimizer.param_groups)
         curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": dice, "lr": lr})
         if dice is not None and dice > best_dice:  # strict: ties keep the earlier epoch
@@ -739,7 +845,28 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
             }, last)
 
     model.load_state_dict(best_state)
-    summary, per_image = evaluate_samples(model, data.test, **eval_kw)
+    metrics = finish_seed(cfg, seed, data, run_dir, model, model_config, norm=norm, device=device, best_epoch=best_epoch,
+                          best_dice=best_dice, curve=curve, train_time_s=round(time.time() - t0, 1))
+    for name in ("last.ckpt", "previous.ckpt"):  # finished: metrics.json marks the seed done
+        (run_dir / name).unlink(missing_ok=True)
+    return metrics
+
+
+def finish_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path, model: nn.Module, model_config: dict[str, Any], *,
+                norm: NormStats, device: torch.device, best_epoch: int, best_dice: float, curve: list[dict[str, Any]],
+                train_time_s: float) -> dict[str, Any]:
+    """Pick the post-processing on the validation split (threshold unless ``cfg.threshold`` is
+    set), score the test split once, and write ``model.safetensors``, ``config.json`` and
+    ``metrics.json`` (last: it marks the seed done) into ``run_dir``."""
+    eval_kw = dict(img_size=cfg.img_size, norm=norm, device=device, batch_size=max(min(cfg.batch_size, len(data.train)), 4),
+                   window=model_config.get("window"))
+    post = PostProcess(threshold=0.5 if cfg.threshold is None else float(cfg.threshold), fov=cfg.fov)
+    val_by_threshold = None
+    if cfg.threshold is None:
+        threshold, val_by_threshold = pick_threshold(model, data.val, post=post, **eval_kw)
+        post = replace(post, threshold=threshold)
+    model_config = {**model_config, "postprocess": post.to_dict()}
+    summary, per_image = evaluate_samples(model, data.test, post=post, **eval_kw)
     save_segmenter(model, model_config, run_dir)
     metrics = {
         "method": cfg.label,
@@ -747,21 +874,48 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
         "model": cfg.model,
         "best_epoch": best_epoch,
         "best_val_dice": best_dice,
+        "postprocess": post.to_dict(),
+        "val_dice_by_threshold": None if val_by_threshold is None else {f"{t:.2f}": d for t, d in val_by_threshold.items()},
         "test": {"summary": summary, "per_image": per_image},
         "val_curve": curve,
         "norm": norm.to_dict(),
         "data": {"n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
                  "n_skipped_unreadable": len(data.skipped), "source": data.split["source"]},
         "config": cfg.to_dict(),
-        "train_time_s": round(time.time() - t0, 1),
+        "train_time_s": train_time_s,
         "device": str(device),
     }
     atomic_write_bytes(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode("utf-8"))
-    for name in ("last.ckpt", "previous.ckpt"):  # finished: metrics.json marks the seed done
-        (run_dir / name).unlink(missing_ok=True)
-    log.info("seed %d: test DSC %.4f ± %.4f, clDice %.4f (best epoch %d) -> %s", seed, summary["dice"]["mean"],
-             summary["dice"]["std"], summary["cldice"]["mean"], best_epoch, run_dir)
+    log.info("seed %d: test DSC %.4f ± %.4f, clDice %.4f (best epoch %d, threshold %.2f, fov %s) -> %s", seed,
+             summary["dice"]["mean"], summary["dice"]["std"], summary["cldice"]["mean"], best_epoch, post.threshold, post.fov, run_dir)
     return metrics
+
+
+# Settings that only change post-processing: --rescore may change them without retraining.
+POSTPROCESS_KEYS = ("fov", "threshold")
+
+
+def rescore_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path, *, device: torch.device) -> dict[str, Any]:
+    """Re-pick the post-processing of a finished seed on the validation split and re-score the
+    test split with the saved weights (no training): for a run made before a post-processing
+    option existed, or to try ``--fov`` / ``--threshold`` on a finished run."""
+    old = read_metrics(run_dir / "metrics.json")
+
+    def comparable(d: dict[str, Any]) -> dict[str, Any]:
+        # Paths compare resolved (a relative and an absolute spelling are the same folder).
+        return {k: str(Path(v).resolve()) if k in ("train", "test", "val", "data", "encoder") and v else v for k, v in d.items()
+                if k not in ("out", "device", "label", "seeds", *POSTPROCESS_KEYS)}
+
+    trained = comparable(old.get("config") or {})
+    wanted = comparable(cfg.to_dict())
+    changed = sorted(k for k in trained if json.dumps(trained[k]) != json.dumps(wanted.get(k)))
+    if changed:
+        raise UserError(f"seed {seed} was trained with other settings ({', '.join(changed)}); --rescore only changes "
+                        f"post-processing ({', '.join(POSTPROCESS_KEYS)}); use the same options or a new --out", run_dir / "metrics.json")
+    model, model_config = load_segmenter(run_dir, device=device)
+    return finish_seed(cfg, seed, data, run_dir, model, model_config, norm=NormStats(**model_config["norm"]), device=device,
+                       best_epoch=int(old["best_epoch"]), best_dice=float(old["best_val_dice"]), curve=list(old.get("val_curve", [])),
+                       train_time_s=float(old.get("train_time_s", 0.0)))
 
 
 @dataclass
@@ -790,10 +944,12 @@ def _check_split_file(out: Path, split: dict[str, Any]) -> None:
     atomic_write_bytes(path, json.dumps(split, indent=2).encode("utf-8"))
 
 
-def finetune_segmentation(cfg: SegFinetuneConfig, *, resume: bool = False) -> SegRunResult:
+def finetune_segmentation(cfg: SegFinetuneConfig, *, resume: bool = False, rescore: bool = False) -> SegRunResult:
     """Fine-tune one model per seed, skipping seeds already finished, and write the tables.
 
     ``resume``: continue an interrupted seed from its ``last.ckpt`` (see :func:`train_one_seed`).
+    ``rescore``: finished seeds are not skipped but re-scored with their saved weights, the
+    post-processing re-picked on the validation split (see :func:`rescore_seed`).
 
     Under ``torchrun`` the seeds are shared out over the processes (seed ``k``-th of the list
     on rank ``k % world_size``, each on its own GPU); every process trains whole seeds, so the
@@ -811,13 +967,13 @@ def finetune_segmentation(cfg: SegFinetuneConfig, *, resume: bool = False) -> Se
     # a process group, so evaluation code stays local to each rank.
     group = D.StoreGroup(dist, "finetune-seg") if dist.enabled else None
     try:
-        return _finetune_seeds(cfg, dist, group, device, resume)
+        return _finetune_seeds(cfg, dist, group, device, resume, rescore)
     finally:
         if group is not None:
             group.close()
 
 
-def _finetune_seeds(cfg: SegFinetuneConfig, dist: Any, group: Any, device: torch.device, resume: bool) -> SegRunResult:
+def _finetune_seeds(cfg: SegFinetuneConfig, dist: Any, group: Any, device: torch.device, resume: bool, rescore: bool) -> SegRunResult:
     data = prepare_data(cfg)
 
     def setup() -> list[int]:
@@ -831,7 +987,8 @@ def _finetune_seeds(cfg: SegFinetuneConfig, dist: Any, group: Any, device: torch
     skipped = group.run_on_main(setup, "setup") if group is not None else setup()
     if dist.is_main:
         for seed in skipped:
-            log.info("seed %d already finished (%s); skipped", seed, cfg.out / f"seed{seed}" / "metrics.json")
+            log.info("seed %d already finished (%s); %s", seed, cfg.out / f"seed{seed}" / "metrics.json",
+                     "re-scoring it" if rescore else "skipped")
         log.info("%s: %d train / %d val / %d test images, img_size %d, %d epoch(s), seeds %s%s",
                  cfg.label, len(data.train), len(data.val), len(data.test), cfg.img_size, cfg.epochs, list(cfg.seeds),
                  f" over {dist.world_size} processes" if dist.enabled else "")
@@ -839,9 +996,12 @@ def _finetune_seeds(cfg: SegFinetuneConfig, dist: Any, group: Any, device: torch
     failure: BaseException | None = None
     for seed in mine:
         run_dir = cfg.out / f"seed{seed}"
-        if seed in skipped:
+        if seed in skipped and not rescore:
             continue
         try:
+            if seed in skipped:
+                rescore_seed(cfg, seed, data, run_dir, device=device)
+                continue
             run_dir.mkdir(parents=True, exist_ok=True)
             train_one_seed(cfg, seed, data, run_dir, resume=resume, device=device)
         except (UserError, OSError) as exc:
@@ -901,8 +1061,7 @@ def evaluate_saved_model(model_dir: str | Path, test_dir: str | Path, out_dir: s
     run_dirs = []
     for md in model_dirs:
         model, mc = load_segmenter(md, device=dev)
-        norm = NormStats(**mc["norm"])
-        summary, per_image = evaluate_samples(model, samples, img_size=int(mc["img_size"]), norm=norm, device=dev, window=mc.get("window"))
+        summary, per_image = score_masks(predict_masks(model, [s.image for s in samples], mc, device=dev), samples)
         run_dir = out_dir / md.name if len(model_dirs) > 1 else out_dir
         seed = None
         try:
