@@ -101,6 +101,24 @@ def test_unet_and_baseline_share_the_results_format(tmp_path):
     assert [r.method for r in rows] == ["U-Net (scratch)", base["method"]]
 
 
+def test_rescore_from_the_command_line(tmp_path, capsys):
+    data = make_folder(tmp_path / "data", 6)
+    out = tmp_path / "unet"
+    args = ["finetune", "seg", "--model", "unet", "--unet-base", "4", "--data", str(data), "--out", str(out),
+            "--img-size", "32", "--epochs", "1", "--batch-size", "2", "--device", "cpu"]
+    assert main(args) == 0
+    first = json.loads((out / "seed0" / "metrics.json").read_text())
+    assert first["postprocess"]["fov"] == "collimator" and first["val_dice_by_threshold"] is not None
+    assert main([*args, "--rescore", "--fov", "none", "--threshold", "0.6"]) == 0
+    again = json.loads((out / "seed0" / "metrics.json").read_text())
+    assert again["postprocess"] == {"threshold": 0.6, "fov": "none", "fov_margin": 8}
+    assert again["val_curve"] == first["val_curve"]  # not retrained
+    capsys.readouterr()
+    assert main([*args, "--threshold", "1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--threshold" in err
+
+
 @pytest.mark.parametrize("problem", ["missing_folder", "mask_size", "missing_mask"])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, problem):
     train = make_folder(tmp_path / "train", 3)
