@@ -310,6 +310,10 @@ def test_postprocess_drops_predictions_outside_the_field_of_view():
     wider = PostProcess(fov="collimator", fov_margin=4).apply(everywhere, image)
     assert wider.sum() < kept.sum() and not (wider & ~kept).any()
     assert PostProcess(fov="none").apply(everywhere, image).all()
+    # A precomputed field-of-view mask is used as given (validation computes it once per run).
+    post = PostProcess(fov="collimator", fov_margin=0)
+    assert np.array_equal(post.apply(everywhere, image, outside=post.outside_fov(image)), kept)
+    assert post.apply(everywhere, image, outside=np.zeros(image.shape, bool)).all()
     # An image without a collimator loses nothing.
     plain = np.random.default_rng(1).uniform(0.2, 0.8, image.shape).astype(np.float32)
     assert PostProcess(fov="collimator").apply(everywhere, plain).all()

@@ -99,10 +99,13 @@ class PostProcess:
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
         return collimator_mask(x, margin=self.fov_margin)[0, 0].numpy()
 
-    def apply(self, logits: np.ndarray, image: np.ndarray) -> np.ndarray:
-        """``float [H, W]`` logits of ``image`` -> ``bool [H, W]`` mask."""
+    def apply(self, logits: np.ndarray, image: np.ndarray, *, outside: np.ndarray | None = None) -> np.ndarray:
+        """``float [H, W]`` logits of ``image`` -> ``bool [H, W]`` mask. ``outside``: the
+        image's :meth:`outside_fov`, when the caller already has it (it depends on the image
+        only, so validation computes it once per run, not once per epoch or threshold)."""
         mask = logits > math.log(self.threshold / (1 - self.threshold))  # sigmoid(l) > t
-        outside = self.outside_fov(image)
+        if outside is None:
+            outside = self.outside_fov(image)
         return mask if outside is None else mask & ~outside
 
 
@@ -627,12 +630,16 @@ def evaluate_samples(
     return score_masks([post.apply(lg, s.image) for lg, s in zip(logits, samples)], samples)
 
 
-def val_dice(model: nn.Module, samples: Sequence[SegSample], *, post: PostProcess = PostProcess(), **kwargs: Any) -> float:
-    """Mean Dice at original resolution (no clDice: cheap enough for every epoch)."""
+def val_dice(model: nn.Module, samples: Sequence[SegSample], *, post: PostProcess = PostProcess(),
+             outside: Sequence[np.ndarray | None] | None = None, **kwargs: Any) -> float:
+    """Mean Dice at original resolution (no clDice: cheap enough for every epoch). ``outside``:
+    the samples' precomputed :meth:`PostProcess.outside_fov` masks, if any."""
     from priormim.evaluation.metrics import dice_score
 
     logits = predict_logits(model, [s.image for s in samples], **kwargs)
-    return float(np.mean([dice_score(post.apply(lg, s.image), s.mask)[0] for lg, s in zip(logits, samples)]))
+    outside = outside if outside is not None else [None] * len(samples)
+    return float(np.mean([dice_score(post.apply(lg, s.image, outside=out), s.mask)[0]
+                          for lg, out, s in zip(logits, outside, samples)]))
 
 
 def pick_threshold(
@@ -644,12 +651,12 @@ def pick_threshold(
     from priormim.evaluation.metrics import dice_score
 
     logits = predict_logits(model, [s.image for s in samples], **kwargs)
-    outside = [post.outside_fov(s.image) for s in samples]
+    outside = [post.outside_fov(s.image) for s in samples]  # once, not once per threshold
     scores = {}
     for t in grid:
-        cut = math.log(t / (1 - t))
+        cut = replace(post, threshold=float(t))
         scores[float(t)] = float(np.mean([
-            dice_score((lg > cut) if out is None else (lg > cut) & ~out, s.mask)[0] for lg, out, s in zip(logits, outside, samples)
+            dice_score(cut.apply(lg, s.image, outside=out), s.mask)[0] for lg, out, s in zip(logits, outside, samples)
         ]))
     best = max(scores, key=lambda t: (round(scores[t], 9), -abs(t - 0.5)))
     return best, scores
@@ -748,6 +755,13 @@ def _resume_fingerprint(cfg: SegFinetuneConfig, seed: int) -> dict[str, Any]:
     return d
 
 
+def _eval_kwargs(cfg: SegFinetuneConfig, data: SegData, *, norm: NormStats, device: torch.device,
+                 model_config: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of :func:`predict_logits` for validation and test scoring."""
+    return dict(img_size=cfg.img_size, norm=norm, device=device, batch_size=max(min(cfg.batch_size, len(data.train)), 4),
+                window=model_config.get("window"))
+
+
 def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path, *, resume: bool = False,
                    device: torch.device | None = None) -> dict[str, Any]:
     """Train with ``seed``, keep the best-val-Dice epoch, score it on the test set.
@@ -774,10 +788,11 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
     total = steps_per_epoch * cfg.epochs
     optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
     scheduler = make_scheduler(optimizer, total_steps=total, warmup_steps=min(cfg.warmup_epochs * steps_per_epoch, total // 5), min_lr=cfg.min_lr)
-    eval_kw = dict(img_size=cfg.img_size, norm=norm, device=device, batch_size=max(bs, 4), window=model_config.get("window"))
+    eval_kw = _eval_kwargs(cfg, data, norm=norm, device=device, model_config=model_config)
     # Epochs are compared at threshold 0.5 with the final field-of-view rule; the threshold
     # itself is picked once, for the best epoch (see finish_seed).
     val_post = PostProcess(threshold=0.5, fov=cfg.fov)
+    val_outside = [val_post.outside_fov(s.image) for s in data.val]
 
     best_dice, best_epoch, best_state, curve = -1.0, 0, None, []
     step, t0, start_epoch, elapsed = 0, time.time(), 1, 0.0
@@ -824,7 +839,7 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
             losses.append(float(loss.detach()))
         # Validation can cost as much as an epoch of training (windowed ViTs): every val_every epochs.
         validate = epoch % cfg.val_every == 0 or epoch == cfg.epochs
-        dice = val_dice(model, data.val, post=val_post, **eval_kw) if validate else None
+        dice = val_dice(model, data.val, post=val_post, outside=val_outside, **eval_kw) if validate else None
         lr = max(g["lr"] for g in optimizer.param_groups)
         curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": dice, "lr": lr})
         if dice is not None and dice > best_dice:  # strict: ties keep the earlier epoch
@@ -858,8 +873,7 @@ def finish_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path,
     """Pick the post-processing on the validation split (threshold unless ``cfg.threshold`` is
     set), score the test split once, and write ``model.safetensors``, ``config.json`` and
     ``metrics.json`` (last: it marks the seed done) into ``run_dir``."""
-    eval_kw = dict(img_size=cfg.img_size, norm=norm, device=device, batch_size=max(min(cfg.batch_size, len(data.train)), 4),
-                   window=model_config.get("window"))
+    eval_kw = _eval_kwargs(cfg, data, norm=norm, device=device, model_config=model_config)
     post = PostProcess(threshold=0.5 if cfg.threshold is None else float(cfg.threshold), fov=cfg.fov)
     val_by_threshold = None
     if cfg.threshold is None:
