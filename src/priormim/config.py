@@ -35,6 +35,9 @@ class ModelConfig:
     pyramid_scales: list | None = None  # VP-MIM pyramid reconstruction, e.g. [1, 2, 4]; None = MAE head only
     pyramid_weights: list | None = None  # loss weight per scale; None = 1/scale
     method_kwargs: dict = field(default_factory=dict)  # zoo methods' own options (docs/zoo.md), e.g. {blur_sigma: 1.5}
+    # auto: the method's reference (MAE family: fixed sin-cos pos. embedding + MAE init; see
+    # docs/zoo.md) | mae | sincos (fixed pos. embedding, timm init) | timm (learnable, timm init)
+    encoder_init: str = "auto"
 
 
 @dataclass
@@ -42,6 +45,12 @@ class MaskingConfig:
     name: str = "random"  # random | anatomy | gaze | block | score
     mask_ratio: float = 0.75
     kwargs: dict = field(default_factory=dict)  # e.g. {beta_start: 0.0, beta_end: 0.5}
+    # Guidance map = (1 - w) * prior + w * sigmoid(S(crop)) of the frozen consistency segmentor
+    # (official VasoMIM: w = 0.5); 0 = the prior alone (no segmentor needed for masking).
+    segmentor_weight: float = 0.0
+    # Training progress the masking schedule sees in epoch e of E: official = (e + 1) / E (the
+    # VasoMIM code's epoch ratio), priormim = e / (E - 1) (reaches beta_end in the last epoch).
+    schedule: str = "official"
 
 
 @dataclass
@@ -49,8 +58,14 @@ class ConsistencyConfig:
     enabled: bool = False
     weight: float = 1.0  # lambda in L = L_rec + lambda * L_cons
     segmentor: str | None = None  # path to a trained segmentor; None: train one on the priors
-    segmentor_epochs: int = 30
-    segmentor_base_channels: int = 8
+    segmentor_arch: str = "unext_s"  # unext_s (the official code's UNeXt-S) | unet (priormim's small U-Net)
+    segmentor_epochs: int = 200  # official recipe: 200 epochs, Adam 1e-3 + poly 0.9, 0.5 BCE + 0.5 Dice
+    segmentor_base_channels: int = 8  # unet only
+
+
+@dataclass
+class PriorConfig:
+    preset: str = "official"  # vessel prior: official (XA-SSL frangi_filter.py) | priormim (collimator-aware)
 
 
 @dataclass
@@ -69,6 +84,7 @@ class DataConfig:
     norm_mean: float | None = None  # grey-level stats of this data set; None: measured
     norm_std: float | None = None
     crop_scale: list = field(default_factory=lambda: [0.2, 1.0])
+    interpolation: str = "bicubic"  # image resampling of the random crop (official: bicubic); the prior is nearest
     hflip: bool = True
     num_workers: int = 2
 
@@ -85,6 +101,10 @@ class OptimConfig:
     weight_decay: float = 0.05
     betas: list = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float | None = None
+    # mae: MAE's per-step schedule (linear warm-up from 0, then half-cosine over the remaining
+    # steps, lr set before each update); timm: timm's CosineLRScheduler (warm-up from lr * 1e-3,
+    # cosine over all steps), priormim's earlier default.
+    schedule: str = "mae"
 
 
 @dataclass
@@ -105,6 +125,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
     gaze_weighting: GazeWeightingConfig = field(default_factory=GazeWeightingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -234,7 +255,31 @@ def load_config(
         upd = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
         data = _deep_update(data, upd)
         source = f"{source} + overrides"
-    return _from_dict(PretrainConfig, data, "", source)
+    cfg = _from_dict(PretrainConfig, data, "", source)
+    _check_choices(cfg, source)
+    return cfg
+
+
+# Keys whose value is one of a few names: refused with the valid names, never a silent default.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.encoder_init": ("auto", "mae", "sincos", "timm"),
+    "masking.schedule": ("official", "priormim"),
+    "optim.schedule": ("mae", "timm"),
+    "data.interpolation": ("bicubic", "bilinear"),
+    "prior.preset": ("official", "priormim"),
+    "consistency.segmentor_arch": ("unext_s", "unet"),
+}
+
+
+def _check_choices(cfg: PretrainConfig, source: str) -> None:
+    for key, valid in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in valid:
+            raise UserError(f"'{key}' must be one of {', '.join(valid)}, got {value!r}", source)
+    w = cfg.masking.segmentor_weight
+    if not 0.0 <= w <= 1.0:
+        raise UserError(f"'masking.segmentor_weight' must be in [0, 1], got {w!r}", source)
 
 
 def save_config(cfg: PretrainConfig, path: str | Path) -> None:

@@ -48,13 +48,34 @@ def compute_norm_stats(paths: Sequence[Path], *, max_images: int = 256, seed: in
     return float(mean), float(std)
 
 
+INTERPOLATIONS = {"bicubic": v2.InterpolationMode.BICUBIC, "bilinear": v2.InterpolationMode.BILINEAR}
+
+
+def _clamp_unit(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(0.0, 1.0)
+
+
 def paired_train_transform(
-    img_size: int | tuple[int, int], *, crop_scale: Sequence[float] = (0.2, 1.0), hflip: bool = True
+    img_size: int | tuple[int, int],
+    *,
+    crop_scale: Sequence[float] = (0.2, 1.0),
+    hflip: bool = True,
+    interpolation: str = "bilinear",
 ) -> v2.Transform:
-    """RandomResizedCrop (+ horizontal flip) applied identically to image and prior."""
+    """RandomResizedCrop (+ horizontal flip) applied identically to image and prior.
+
+    ``interpolation`` resamples the image (``bicubic`` in the official VasoMIM and MAE data
+    pipelines, clamped back to [0, 1] as PIL's 8-bit bicubic clips); the prior, a
+    ``tv_tensors.Mask``, is always resampled nearest-neighbour.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got '{interpolation}'")
     ops: list[v2.Transform] = [
-        v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), antialias=True)
+        v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), antialias=True,
+                             interpolation=INTERPOLATIONS[interpolation])
     ]
+    if interpolation == "bicubic":  # bicubic overshoots at edges; images live in [0, 1]
+        ops.append(v2.Lambda(_clamp_unit, tv_tensors.Image))
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
     return v2.Compose(ops)

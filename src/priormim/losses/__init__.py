@@ -1,6 +1,6 @@
 """Losses: MAE reconstruction (optionally weighted) and VasoMIM's anatomical consistency."""
 
-from priormim.losses.consistency import consistency_loss, freeze
+from priormim.losses.consistency import consistency_loss, freeze, soft_target_entropy
 from priormim.losses.reconstruction import (
     denormalize_prediction,
     masked_reconstruction_loss,
@@ -15,4 +15,5 @@ __all__ = [
     "normalize_patches",
     "denormalize_prediction",
     "patch_stats",
+    "soft_target_entropy",
 ]

@@ -17,7 +17,7 @@ from .base import (
     register_masking,
 )
 from .random import RandomMasking, random_mask
-from .anatomy import AnatomyGuidedMasking, anatomy_guided_mask, patch_prob_from_prior
+from .anatomy import AnatomyGuidedMasking, anatomy_guided_mask, blend_guidance, patch_prob_from_prior
 from .gaze import GazeGuidedMasking, GazeMaskResult, gaze_guided_mask, gaze_split
 from .block import BlockMasking, block_mask
 from .score import ScoreGuidedMasking, score_guided_mask
@@ -33,6 +33,7 @@ __all__ = [
     "RandomMasking",
     "ScoreGuidedMasking",
     "anatomy_guided_mask",
+    "blend_guidance",
     "block_mask",
     "build_masking",
     "gaze_guided_mask",

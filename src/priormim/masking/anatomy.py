@@ -28,7 +28,26 @@ from .base import (
 )
 from .random import random_mask
 
-__all__ = ["AnatomyGuidedMasking", "anatomy_guided_mask", "patch_prob_from_prior"]
+__all__ = ["AnatomyGuidedMasking", "anatomy_guided_mask", "blend_guidance", "patch_prob_from_prior"]
+
+
+def blend_guidance(prior: Tensor, seg_probs: Tensor, weight: float = 0.5) -> Tensor:
+    """The official VasoMIM guidance map ``(1 - w) * prior + w * seg_probs`` (``w = 0.5``).
+
+    Args:
+        prior: ``[B, 1, H, W]`` vessel prior of the current crop (0/1 or soft).
+        seg_probs: ``[B, 1, H, W]`` ``sigmoid(S(crop))`` of the frozen segmentor.
+        weight: ``w`` in ``[0, 1]``; 0 returns the prior.
+    Returns: ``[B, 1, H, W]``; feed it to :func:`patch_prob_from_prior`. Since the sigmoid is
+    never 0, every patch can be drawn once ``w > 0`` (the guided share is never capped).
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"guidance weight must be in [0, 1], got {weight}")
+    if prior.shape != seg_probs.shape:
+        raise ValueError(f"prior {tuple(prior.shape)} and segmentor map {tuple(seg_probs.shape)} differ in shape")
+    if weight == 0.0:
+        return prior
+    return (1.0 - weight) * as_float(prior) + weight * seg_probs.to(as_float(prior).dtype)
 
 
 def patch_prob_from_prior(prior: Tensor, patch_size: int | tuple[int, int]) -> Tensor:

@@ -47,7 +47,8 @@ def unpatchify(x: Tensor, patch_size: int, grid_size: tuple[int, int], channels:
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_size: tuple[int, int], cls_token: bool = False) -> Tensor:
-    """Fixed 2-D sine-cosine position embedding (MAE's decoder), ``[(cls)+gh*gw, D]``."""
+    """Fixed 2-D sine-cosine position embedding (MAE's), ``[(cls)+gh*gw, D]`` in row-major
+    patch order; channels ``[:D/2]`` encode the column, ``[D/2:]`` the row, as in MAE."""
     if embed_dim % 4:
         raise ValueError("embed_dim must be divisible by 4 for a 2-D sin-cos embedding")
     gh, gw = grid_size
@@ -58,10 +59,15 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: tuple[int, int], cls_token: b
         out = np.outer(pos.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
-    emb = np.concatenate([one_axis(gy, embed_dim // 2), one_axis(gx, embed_dim // 2)], axis=1)
+    # MAE's get_2d_sincos_pos_embed: np.meshgrid(grid_w, grid_h) puts the *column* index in
+    # grid[0], so the first half of the channels encodes x (column), the second half y (row).
+    emb = np.concatenate([one_axis(gx, embed_dim // 2), one_axis(gy, embed_dim // 2)], axis=1)
     if cls_token:
         emb = np.concatenate([np.zeros((1, embed_dim)), emb], axis=0)
     return torch.from_numpy(emb).float()
+
+
+ENCODER_INITS = ("mae", "sincos", "timm")
 
 
 def create_pretrain_encoder(
@@ -71,11 +77,18 @@ def create_pretrain_encoder(
     in_chans: int,
     encoder_kwargs: dict | None = None,
     drop_path_rate: float = 0.0,
+    init: str = "timm",
 ) -> nn.Module:
     """The head-less timm ``VisionTransformer`` every pretraining model here trains.
 
-    Raises ValueError when ``encoder_name`` is not a ViT with a fixed patch grid.
+    ``init="mae"`` makes it MAE's encoder (see :func:`mae_init_encoder`): fixed 2-D sin-cos
+    position embedding without gradient and MAE's weight init; ``"sincos"`` only fixes the
+    position embedding (MoCo v3's and I-JEPA's ViTs) and keeps timm's weight init; ``"timm"``
+    keeps timm's learnable trunc-normal position embedding. Raises ValueError when ``encoder_name`` is
+    not a ViT with a fixed patch grid, or for an unknown ``init``.
     """
+    if init not in ENCODER_INITS:
+        raise ValueError(f"encoder init must be one of {', '.join(ENCODER_INITS)}, got '{init}'")
     encoder = timm.create_model(
         encoder_name,
         pretrained=False,
@@ -87,6 +100,50 @@ def create_pretrain_encoder(
     )
     if not hasattr(getattr(encoder, "patch_embed", None), "grid_size"):
         raise ValueError(f"{encoder_name} is not a ViT with a fixed patch grid")
+    if init == "mae":
+        mae_init_encoder(encoder)
+    elif init == "sincos":
+        fix_sincos_pos_embed(encoder)
+    return encoder
+
+
+def fix_sincos_pos_embed(encoder: nn.Module) -> nn.Module:
+    """Set a timm ViT's ``pos_embed`` to fixed 2-D sin-cos (zeros at class-token positions) with
+    ``requires_grad=False``, so the optimiser never sees it. Returns ``encoder``."""
+    pos = getattr(encoder, "pos_embed", None)
+    if pos is None:
+        raise ValueError("a sin-cos position embedding needs a ViT with an absolute pos_embed")
+    _, grid = encoder_geometry(encoder)
+    n_extra = pos.shape[1] - grid[0] * grid[1]  # class-token position(s) timm puts in pos_embed
+    table = sincos_pos_embed_2d(pos.shape[-1], grid)
+    if n_extra:
+        table = torch.cat([torch.zeros(n_extra, pos.shape[-1]), table], dim=0)
+    with torch.no_grad():
+        pos.copy_(table[None])
+    pos.requires_grad_(False)
+    return encoder
+
+
+def mae_init_encoder(encoder: nn.Module) -> nn.Module:
+    """Turn a timm ViT into MAE's encoder (facebookresearch/mae ``initialize_weights``), in place.
+
+    * ``pos_embed`` = fixed 2-D sin-cos (zeros for the class token) with ``requires_grad=False``,
+      so the optimiser never sees it (never updated, never weight-decayed);
+    * patch-embedding conv: xavier-uniform on the weight viewed as ``[D, C*p*p]`` (a Linear);
+    * class token ``N(0, 0.02)``; every Linear xavier-uniform with zero bias; LayerNorm 1 / 0.
+
+    A timm ViT without a class-token position (``no_embed_class``) or with register tokens gets
+    sin-cos on its patch positions only. Returns ``encoder``.
+    """
+    fix_sincos_pos_embed(encoder)
+    encoder.apply(_init_weights)
+    w = encoder.patch_embed.proj.weight
+    with torch.no_grad():
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    for name in ("cls_token", "reg_token"):
+        token = getattr(encoder, name, None)
+        if isinstance(token, nn.Parameter):
+            nn.init.normal_(token, std=0.02)
     return encoder
 
 
@@ -158,6 +215,8 @@ class MaskedAutoencoder(nn.Module):
         encoder_kwargs: extra ``timm.create_model`` overrides (``patch_size``, ``depth``, ...).
         decoder_embed_dim, decoder_depth, decoder_num_heads: decoder width/depth/heads.
         norm_pix_loss: targets are per-patch normalised pixels (MAE's better setting).
+        encoder_init: ``"mae"`` (MAE's fixed sin-cos position embedding and init, the reference)
+            or ``"timm"`` (timm's learnable position embedding and init).
     """
 
     def __init__(
@@ -173,13 +232,14 @@ class MaskedAutoencoder(nn.Module):
         mlp_ratio: float = 4.0,
         norm_pix_loss: bool = True,
         drop_path_rate: float = 0.0,
+        encoder_init: str = "mae",
     ) -> None:
         super().__init__()
         self.encoder_name = encoder_name
         self.encoder_kwargs = dict(encoder_kwargs or {})
         self.encoder = create_pretrain_encoder(
             encoder_name, img_size=img_size, in_chans=in_chans, encoder_kwargs=self.encoder_kwargs,
-            drop_path_rate=drop_path_rate,
+            drop_path_rate=drop_path_rate, init=encoder_init,
         )
         self.in_chans = in_chans
         self.patch_size, self.grid_size = encoder_geometry(self.encoder)

@@ -33,12 +33,19 @@ from priormim.config import PretrainConfig, save_config
 from priormim.data.pretrain import PretrainDataset, compute_norm_stats, paired_train_transform
 from priormim.errors import UserError
 from priormim.io import atomic_write_bytes, list_images
-from priormim.losses import consistency_loss, denormalize_prediction, freeze, masked_reconstruction_loss
-from priormim.masking import MaskingContext, MaskingStrategy, build_masking, patch_prob_from_prior
+from priormim.losses import (
+    consistency_loss,
+    denormalize_prediction,
+    freeze,
+    masked_reconstruction_loss,
+    soft_target_entropy,
+)
+from priormim.masking import MaskingContext, MaskingStrategy, blend_guidance, build_masking, patch_prob_from_prior
 from priormim.models.export import export_encoder
 from priormim.models.mae import MaskedAutoencoder
 from priormim.models.zoo import ZOO_MODELS, ZooPretrainer
 from priormim.training import distributed as D
+from priormim.training.lr_schedule import MAECosineSchedule
 from priormim.training.checkpoint import (
     latest_valid_checkpoint,
     load_checkpoint,
@@ -96,9 +103,10 @@ def _build_zoo_model(cls: type[ZooPretrainer], cfg: PretrainConfig) -> ZooPretra
     Zoo methods compute their own loss, so VasoMIM's consistency loss, VP-MIM's gaze weighting
     and pyramid heads are refused rather than silently ignored.
     """
-    if cfg.consistency.enabled or cfg.gaze_weighting.enabled or cfg.model.pyramid_scales:
-        raise UserError(f"method '{cfg.method}' has its own loss: set consistency.enabled=false, "
-                        "gaze_weighting.enabled=false and no model.pyramid_scales")
+    if (cfg.consistency.enabled or cfg.gaze_weighting.enabled or cfg.model.pyramid_scales
+            or cfg.masking.segmentor_weight > 0):
+        raise UserError(f"method '{cfg.method}' has its own loss and masking: set consistency.enabled=false, "
+                        "gaze_weighting.enabled=false, masking.segmentor_weight=0 and no model.pyramid_scales")
     base = _mae_kwargs(cfg)
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())  # wraps a whole MAE
@@ -116,7 +124,7 @@ def _build_zoo_model(cls: type[ZooPretrainer], cfg: PretrainConfig) -> ZooPretra
 
 def _mae_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
     m = cfg.model
-    return dict(
+    kwargs: dict[str, Any] = dict(
         encoder_name=m.encoder,
         img_size=m.img_size,
         in_chans=m.in_chans,
@@ -126,6 +134,38 @@ def _mae_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
         decoder_num_heads=m.decoder_num_heads,
         norm_pix_loss=m.norm_pix_loss,
         drop_path_rate=m.drop_path_rate,
+    )
+    if m.encoder_init != "auto":  # auto: each model class's own reference default
+        kwargs["encoder_init"] = m.encoder_init
+    return kwargs
+
+
+def masking_progress(cfg: PretrainConfig, epoch: int) -> float:
+    """Training progress the masking schedule sees during ``epoch`` (0-based).
+
+    ``official`` (VasoMIM code): ``(epoch + 1) / epochs``, so beta = 0.5 (e + 1) / E;
+    ``priormim``: ``epoch / (epochs - 1)`` (1 for a one-epoch run).
+    """
+    epochs = cfg.optim.epochs
+    if cfg.masking.schedule == "official":
+        return (epoch + 1) / epochs
+    return 1.0 if epochs == 1 else epoch / (epochs - 1)
+
+
+def build_lr_schedule(cfg: PretrainConfig, optimizer: torch.optim.Optimizer, *, lr: float, steps_per_epoch: int):
+    """MAE's per-update cosine (``optim.schedule=mae``) or timm's (``timm``); both ``step_update``."""
+    accum = cfg.optim.accum_iter
+    if cfg.optim.schedule == "mae":
+        return MAECosineSchedule(optimizer, lr=lr, min_lr=cfg.optim.min_lr, warmup_epochs=cfg.optim.warmup_epochs,
+                                 epochs=cfg.optim.epochs, steps_per_epoch=steps_per_epoch, accum_iter=accum)
+    updates_per_epoch = max(1, steps_per_epoch // accum)
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=cfg.optim.epochs * updates_per_epoch,
+        lr_min=cfg.optim.min_lr,
+        warmup_t=cfg.optim.warmup_epochs * updates_per_epoch,
+        warmup_lr_init=lr * 1e-3,
+        t_in_epochs=False,
     )
 
 
@@ -235,7 +275,8 @@ def _plan_priors(cfg: PretrainConfig, images: Path, out: Path) -> dict[str, Any]
 
         todo = paths if prior_map is None else [p for p in paths if str(p) not in prior_map]
         if todo:
-            summary = ensure_vessel_priors(images if prior_map is None else todo, prior_dir, progress=cfg.train.progress)
+            summary = ensure_vessel_priors(images if prior_map is None else todo, prior_dir, progress=cfg.train.progress,
+                                           preset=cfg.prior.preset)
             if summary.n_failed:
                 log.warning("%d image(s) could not be read and are skipped", summary.n_failed)
         usable = [p for p in paths if (prior_map is not None and str(p) in prior_map) or prior_path(prior_dir, p).exists()]
@@ -322,8 +363,13 @@ def compute_losses(
     gaze_gamma: float = 1.0,
     progress: float = 0.0,
     scores: Tensor | None = None,
+    seg_target: Tensor | None = None,
 ) -> StepOutput:
     """``L = L_rec + lambda * L_cons`` for one batch. ``forward`` is the (DDP-wrapped) model.
+
+    ``segmentor`` (None: no consistency term) judges the full de-normalised prediction;
+    ``seg_target`` ``[B, 1, H, W]`` is ``sigmoid(S(x))`` when the caller already has it (it
+    also guides the masking), else it is computed here.
 
     A VP-MIM model (pyramid heads) uses :func:`priormim.models.vpmim.vpmim_loss` instead,
     weighted by ``patch_heat`` ``[B, L]`` (recalibrated gaze) when it is given. A zoo model
@@ -352,11 +398,25 @@ def compute_losses(
         # The segmentor works on [0, 1] images; undo the data set's normalisation.
         recon = model.unpatchify(pred) * norm_std + norm_mean
         original = batch_images.float() * norm_std + norm_mean
-        l_cons = consistency_loss(segmentor, original, recon)
+        if seg_target is None:
+            with torch.no_grad():
+                seg_target = torch.sigmoid(segmentor(original).float())
+        l_cons = consistency_loss(segmentor, original, recon, target=seg_target)
         loss = loss + consistency_weight * l_cons
         terms["loss_cons"] = l_cons.detach()
+        # BCE minus the targets' entropy (a KL): 0 when S agrees, unlike L_cons itself.
+        terms["loss_cons_kl"] = (l_cons - soft_target_entropy(seg_target)).detach()
     terms["loss"] = loss.detach()
     return StepOutput(loss=loss, terms=terms)
+
+
+def segmentor_probs(segmentor: nn.Module, imgs: Tensor, *, norm_mean: float, norm_std: float) -> Tensor:
+    """``sigmoid(S(x))`` ``[B, 1, H, W]`` float32 of the frozen segmentor on the current crops.
+
+    ``imgs`` are the normalised model inputs; the segmentor takes ``[0, 1]`` images.
+    """
+    with torch.no_grad():
+        return torch.sigmoid(segmentor(imgs.float() * norm_std + norm_mean).float())
 
 
 def _model_mask_scores(model: nn.Module, imgs: Tensor, progress: float) -> Tensor | None:
@@ -393,7 +453,8 @@ def train_one_epoch(
     model.train()
     accum = max(1, cfg.optim.accum_iter)
     epochs = cfg.optim.epochs
-    progress_value = 1.0 if epochs == 1 else epoch / (epochs - 1)  # weak-to-strong, per epoch
+    progress_value = masking_progress(cfg, epoch)  # weak-to-strong, per epoch
+    seg_weight = cfg.masking.segmentor_weight
     sums: dict[str, float] = {}
     n_batches = 0
     steps = len(loader) if cfg.train.max_steps_per_epoch is None else min(len(loader), cfg.train.max_steps_per_epoch)
@@ -403,6 +464,7 @@ def train_one_epoch(
 
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr)
     optimizer.zero_grad(set_to_none=True)
+    lr = optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
     for it, batch in enumerate(loader):
         if it >= steps:
@@ -410,6 +472,13 @@ def train_one_epoch(
         imgs = batch["image"].to(device, non_blocking=True)
         prior = batch["prior"].to(device, non_blocking=True)
         patch_prior = patch_prob_from_prior(prior, model.patch_size)
+        seg_target = None
+        guide = patch_prior
+        if segmentor is not None:
+            with autocast_context(device, cfg.train.amp):
+                seg_target = segmentor_probs(segmentor, imgs, norm_mean=norm_mean, norm_std=norm_std)
+            if seg_weight > 0:  # official VasoMIM: 0.5 * vessel prior + 0.5 * sigmoid(S(crop))
+                guide = patch_prob_from_prior(blend_guidance(prior, seg_target, seg_weight), model.patch_size)
         step_progress = (epoch + it / steps) / epochs  # share of training done, for model schedules
         # A model with its own scores (AMT, HPM) masks by them (None: at random), not by the prior.
         own_scores = hasattr(model, "mask_scores")
@@ -421,7 +490,7 @@ def train_one_epoch(
             batch_size=imgs.shape[0],
             grid_size=model.grid_size,
             device=device,
-            patch_prior=scores if own_scores else patch_prior,
+            patch_prior=scores if own_scores else guide,
             progress=progress_value,
             generator=mask_generator,
         )
@@ -431,7 +500,7 @@ def train_one_epoch(
         with no_sync(), autocast_context(device, cfg.train.amp):
             step_out = compute_losses(
                 model, imgs, mask,
-                segmentor=segmentor,
+                segmentor=segmentor if cfg.consistency.enabled else None,
                 consistency_weight=cfg.consistency.weight,
                 norm_mean=norm_mean,
                 norm_std=norm_std,
@@ -441,6 +510,7 @@ def train_one_epoch(
                 gaze_gamma=cfg.gaze_weighting.gamma,
                 progress=step_progress,
                 scores=scores,
+                seg_target=seg_target,
             )
         loss_value = float(step_out.loss.detach())
         if not math.isfinite(loss_value):
@@ -450,6 +520,7 @@ def train_one_epoch(
             )
         with no_sync():
             (step_out.loss / accum).backward()
+        lr = optimizer.param_groups[0]["lr"]  # the lr this update uses (the schedule set it before)
         if sync:
             if cfg.optim.clip_grad:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
@@ -467,7 +538,6 @@ def train_one_epoch(
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v
         n_batches += 1
-        lr = optimizer.param_groups[0]["lr"]
         if dist.is_main and (it % cfg.train.log_every == 0):
             record = {"epoch": epoch, "step": global_step, "lr": lr, **terms, **masking.state(ctx)}
             logger.log(record, global_step, "train")
@@ -480,7 +550,7 @@ def train_one_epoch(
     # Every process reports the same epoch numbers.
     for k in list(means):
         means[k] = float(D.all_reduce_mean(torch.tensor(means[k], device=device)))
-    means.update({"epoch": epoch, "step": global_step, "lr": optimizer.param_groups[0]["lr"],
+    means.update({"epoch": epoch, "step": global_step, "lr": lr,
                   "epoch_time_s": time.perf_counter() - t0})
     means.update(masking.state(MaskingContext(batch_size=1, grid_size=model.grid_size, progress=progress_value)))
     return means, global_step
@@ -524,12 +594,13 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
         # Each sample's mask from its own seed: the same masks for any number of processes.
         masking = per_sample = D.PerSampleMasking(masking, cfg.train.seed)
     segmentor = None
-    if cfg.consistency.enabled:
+    if cfg.consistency.enabled or cfg.masking.segmentor_weight > 0:
         segmentor = prepare_segmentor(cfg, paths, prior_loader, out, dist, device)
 
     dataset = PretrainDataset(
         paths,
-        transform=paired_train_transform(cfg.model.img_size, crop_scale=cfg.data.crop_scale, hflip=cfg.data.hflip),
+        transform=paired_train_transform(cfg.model.img_size, crop_scale=cfg.data.crop_scale, hflip=cfg.data.hflip,
+                                         interpolation=cfg.data.interpolation),
         norm_mean=norm_mean,
         norm_std=norm_std,
         prior_loader=prior_loader,
@@ -550,15 +621,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
     steps_per_epoch = max(1, len(sampler))
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-    updates_per_epoch = max(1, steps_per_epoch // max(1, cfg.optim.accum_iter))
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=cfg.optim.epochs * updates_per_epoch,
-        lr_min=cfg.optim.min_lr,
-        warmup_t=cfg.optim.warmup_epochs * updates_per_epoch,
-        warmup_lr_init=lr * 1e-3,
-        t_in_epochs=False,
-    )
+    scheduler = build_lr_schedule(cfg, optimizer, lr=lr, steps_per_epoch=steps_per_epoch)
     mask_generator = torch.Generator(device=device).manual_seed(cfg.train.seed * 1000 + dist.rank)
 
     start_epoch, global_step, history = 0, 0, []
@@ -570,6 +633,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
             ckpt = load_checkpoint(found)
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            if (ckpt["scheduler"].get("kind") == "mae_cosine") != (cfg.optim.schedule == "mae"):
+                raise UserError("the checkpoint was made with another lr schedule; resume with the run's own "
+                                "optim.schedule (see its config.yaml)", found)
             scheduler.load_state_dict(ckpt["scheduler"])
             start_epoch, global_step = ckpt["epoch"] + 1, ckpt["step"]
             history = list(ckpt.get("history", []))
@@ -619,7 +685,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
                         "step": global_step,
                         "masking": {k: float(v) for k, v in masking.state(
                             MaskingContext(batch_size=1, grid_size=model.grid_size,
-                                           progress=1.0 if cfg.optim.epochs == 1 else epoch / (cfg.optim.epochs - 1))).items()},
+                                           progress=masking_progress(cfg, epoch))).items()},
                         "rng": rngs,
                         "world_size": dist.world_size,
                         "config": cfg.to_dict(),
@@ -717,10 +783,12 @@ def prepare_segmentor(cfg: PretrainConfig, paths, prior_loader, out: Path, dist:
         if cfg.consistency.segmentor:
             raise UserError("segmentor file does not exist; train one with `priormim train-segmentor`", path)
         if prior_loader is None or cfg.data.prior != "vessel":
-            raise UserError("the consistency loss needs vessel priors (data.prior=vessel) or consistency.segmentor=PATH")
+            raise UserError("the consistency loss and masking.segmentor_weight need vessel priors (data.prior=vessel) "
+                            "or consistency.segmentor=PATH")
         if dist.is_main:
             train_segmentor(
                 SegmentorTrainConfig(
+                    arch=cfg.consistency.segmentor_arch,
                     epochs=cfg.consistency.segmentor_epochs,
                     base_channels=cfg.consistency.segmentor_base_channels,
                     img_size=cfg.model.img_size,

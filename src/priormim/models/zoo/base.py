@@ -56,6 +56,10 @@ class PretrainOutput:
 class ZooPretrainer(nn.Module):
     """Base class: owns ``encoder`` (a head-less timm ViT made like MAE's) and its geometry.
 
+    ``encoder_init`` follows each method's reference: ``"timm"`` (learnable position
+    embedding; SimMIM, MoCo v3, DINO, CheXWorld-style) by default, ``"mae"`` (fixed sin-cos,
+    MAE's init) for the MAE family (CrossMAE here; AMT, HPM, DeblurringMIM wrap a whole MAE).
+
     Subclasses that wrap a whole :class:`~priormim.models.mae.MaskedAutoencoder` instead call
     :meth:`_set_geometry` with its encoder and expose it as an ``encoder`` property.
 
@@ -72,6 +76,7 @@ class ZooPretrainer(nn.Module):
         encoder_kwargs: dict | None = None,
         drop_path_rate: float = 0.0,
         build_encoder: bool = True,
+        encoder_init: str = "timm",
     ) -> None:
         super().__init__()
         self.encoder_name = encoder_name
@@ -80,7 +85,7 @@ class ZooPretrainer(nn.Module):
         if build_encoder:
             self.encoder = create_pretrain_encoder(
                 encoder_name, img_size=img_size, in_chans=in_chans, encoder_kwargs=self.encoder_kwargs,
-                drop_path_rate=drop_path_rate,
+                drop_path_rate=drop_path_rate, init=encoder_init,
             )
             self._set_geometry(self.encoder)
 

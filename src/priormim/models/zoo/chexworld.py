@@ -49,9 +49,11 @@ class CheXWorldJEPA(ZooPretrainer):
         decoder_num_heads: int = 4,
         drop_path_rate: float = 0.0,
         momentum: float = 0.996,
+        encoder_init: str = "sincos",  # I-JEPA's ViT: fixed 2-D sin-cos position embedding
     ) -> None:
         super().__init__(encoder_name=encoder_name, img_size=img_size, in_chans=in_chans,
-                         encoder_kwargs=encoder_kwargs, drop_path_rate=drop_path_rate)
+                         encoder_kwargs=encoder_kwargs, drop_path_rate=drop_path_rate,
+                         encoder_init=encoder_init)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         self.momentum = float(momentum)

@@ -94,9 +94,11 @@ class MoCoV3(ZooPretrainer):
         temperature: float = 0.2,
         momentum: float = 0.99,
         view: dict | None = None,
+        encoder_init: str = "sincos",  # MoCo v3's ViT: fixed 2-D sin-cos position embedding
     ) -> None:
         super().__init__(encoder_name=encoder_name, img_size=img_size, in_chans=in_chans,
-                         encoder_kwargs=encoder_kwargs, drop_path_rate=drop_path_rate)
+                         encoder_kwargs=encoder_kwargs, drop_path_rate=drop_path_rate,
+                         encoder_init=encoder_init)
         if not temperature > 0 or not 0.0 <= momentum <= 1.0:
             raise ValueError(f"need temperature > 0 and momentum in [0, 1], got {temperature}, {momentum}")
         self.temperature = float(temperature)

@@ -71,7 +71,8 @@ class CrossMAE(ZooPretrainer):
             capped at the number of masked patches; at least one patch.
         decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio: decoder shape.
         norm_pix_loss: per-patch normalised targets.
-        encoder_name, img_size, in_chans, encoder_kwargs, drop_path_rate: as MAE's.
+        encoder_name, img_size, in_chans, encoder_kwargs, drop_path_rate, encoder_init: as MAE's
+            (MAE's fixed sin-cos position embedding and init by default, as the CrossMAE code).
 
     Shapes: images ``[B, C, H, W]``, mask bool ``[B, L]``; :meth:`forward_decoder` ->
     ``[B, n_pred, p*p*C]`` for ``ids_pred`` ``[B, n_pred]``.
@@ -91,9 +92,11 @@ class CrossMAE(ZooPretrainer):
         norm_pix_loss: bool = True,
         drop_path_rate: float = 0.0,
         prediction_ratio: float = 0.25,
+        encoder_init: str = "mae",
     ) -> None:
         super().__init__(encoder_name=encoder_name, img_size=img_size, in_chans=in_chans,
-                         encoder_kwargs=encoder_kwargs, drop_path_rate=drop_path_rate)
+                         encoder_kwargs=encoder_kwargs, drop_path_rate=drop_path_rate,
+                         encoder_init=encoder_init)
         if not 0.0 < prediction_ratio <= 1.0:
             raise ValueError(f"prediction_ratio must be in (0, 1], got {prediction_ratio}")
         if decoder_depth < 1:
