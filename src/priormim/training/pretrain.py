@@ -430,6 +430,78 @@ def _model_mask_scores(model: nn.Module, imgs: Tensor, progress: float) -> Tenso
     return None if scores is None else scores.detach().float()
 
 
+@dataclass
+class MaskedStep:
+    """One batch through masking and the method's loss (see :func:`masked_step`).
+
+    out: loss and logged terms. mask: bool ``[B, L]``. ctx: the masking context used.
+    patch_prior: ``[B, L]`` per-patch share of the data prior (vessel / gaze), for logging.
+    """
+
+    out: StepOutput
+    mask: Tensor
+    ctx: MaskingContext
+    patch_prior: Tensor
+
+
+def masked_step(
+    model: nn.Module,
+    imgs: Tensor,
+    prior: Tensor,
+    *,
+    masking: MaskingStrategy,
+    cfg: PretrainConfig,
+    forward: nn.Module | None = None,
+    segmentor: nn.Module | None = None,
+    norm_mean: float,
+    norm_std: float,
+    progress: float,
+    step_progress: float,
+    generator: torch.Generator | None = None,
+) -> MaskedStep:
+    """Priors -> (segmentor) -> masks -> losses for one batch, forward only (the caller does
+    backward and the update). imgs ``[B, C, H, W]`` normalised, prior ``[B, 1, H, W]``.
+
+    The frozen segmentor (if any) runs once on the crops: ``sigmoid(S(x))`` is blended into
+    the guidance (``masking.segmentor_weight``) and is the consistency loss's target.
+    """
+    device = imgs.device
+    patch_prior = patch_prob_from_prior(prior, model.patch_size)
+    seg_target = None
+    guide = patch_prior
+    if segmentor is not None:
+        with autocast_context(device, cfg.train.amp):
+            seg_target = segmentor_probs(segmentor, imgs, norm_mean=norm_mean, norm_std=norm_std)
+        if cfg.masking.segmentor_weight > 0:  # official VasoMIM: 0.5 * vessel prior + 0.5 * sigmoid(S(crop))
+            guide = patch_prob_from_prior(blend_guidance(prior, seg_target, cfg.masking.segmentor_weight),
+                                          model.patch_size)
+    # A model with its own scores (AMT, HPM) masks by them (None: at random), not by the prior.
+    own_scores = hasattr(model, "mask_scores")
+    scores = None
+    if own_scores:
+        with autocast_context(device, cfg.train.amp):
+            scores = _model_mask_scores(model, imgs, step_progress)
+    ctx = MaskingContext(batch_size=imgs.shape[0], grid_size=model.grid_size, device=device,
+                         patch_prior=scores if own_scores else guide, progress=progress, generator=generator)
+    mask = masking(ctx)
+    with autocast_context(device, cfg.train.amp):
+        out = compute_losses(
+            model, imgs, mask,
+            segmentor=segmentor if cfg.consistency.enabled else None,
+            consistency_weight=cfg.consistency.weight,
+            norm_mean=norm_mean,
+            norm_std=norm_std,
+            forward=forward,
+            patch_heat=patch_prior if cfg.gaze_weighting.enabled else None,
+            gaze_alpha=cfg.gaze_weighting.alpha,
+            gaze_gamma=cfg.gaze_weighting.gamma,
+            progress=step_progress,
+            scores=scores,
+            seg_target=seg_target,
+        )
+    return MaskedStep(out=out, mask=mask, ctx=ctx, patch_prior=patch_prior)
+
+
 def train_one_epoch(
     *,
     model: nn.Module,
@@ -454,7 +526,6 @@ def train_one_epoch(
     accum = max(1, cfg.optim.accum_iter)
     epochs = cfg.optim.epochs
     progress_value = masking_progress(cfg, epoch)  # weak-to-strong, per epoch
-    seg_weight = cfg.masking.segmentor_weight
     sums: dict[str, float] = {}
     n_batches = 0
     steps = len(loader) if cfg.train.max_steps_per_epoch is None else min(len(loader), cfg.train.max_steps_per_epoch)
@@ -471,47 +542,14 @@ def train_one_epoch(
             break
         imgs = batch["image"].to(device, non_blocking=True)
         prior = batch["prior"].to(device, non_blocking=True)
-        patch_prior = patch_prob_from_prior(prior, model.patch_size)
-        seg_target = None
-        guide = patch_prior
-        if segmentor is not None:
-            with autocast_context(device, cfg.train.amp):
-                seg_target = segmentor_probs(segmentor, imgs, norm_mean=norm_mean, norm_std=norm_std)
-            if seg_weight > 0:  # official VasoMIM: 0.5 * vessel prior + 0.5 * sigmoid(S(crop))
-                guide = patch_prob_from_prior(blend_guidance(prior, seg_target, seg_weight), model.patch_size)
         step_progress = (epoch + it / steps) / epochs  # share of training done, for model schedules
-        # A model with its own scores (AMT, HPM) masks by them (None: at random), not by the prior.
-        own_scores = hasattr(model, "mask_scores")
-        scores = None
-        if own_scores:
-            with autocast_context(device, cfg.train.amp):
-                scores = _model_mask_scores(model, imgs, step_progress)
-        ctx = MaskingContext(
-            batch_size=imgs.shape[0],
-            grid_size=model.grid_size,
-            device=device,
-            patch_prior=scores if own_scores else guide,
-            progress=progress_value,
-            generator=mask_generator,
-        )
-        mask = masking(ctx)
         sync = (it + 1) % accum == 0 or it + 1 == steps
         no_sync = forward.no_sync if (dist.enabled and not sync) else contextlib.nullcontext
-        with no_sync(), autocast_context(device, cfg.train.amp):
-            step_out = compute_losses(
-                model, imgs, mask,
-                segmentor=segmentor if cfg.consistency.enabled else None,
-                consistency_weight=cfg.consistency.weight,
-                norm_mean=norm_mean,
-                norm_std=norm_std,
-                forward=forward,
-                patch_heat=patch_prior if cfg.gaze_weighting.enabled else None,
-                gaze_alpha=cfg.gaze_weighting.alpha,
-                gaze_gamma=cfg.gaze_weighting.gamma,
-                progress=step_progress,
-                scores=scores,
-                seg_target=seg_target,
-            )
+        with no_sync():
+            step = masked_step(model, imgs, prior, masking=masking, cfg=cfg, forward=forward, segmentor=segmentor,
+                               norm_mean=norm_mean, norm_std=norm_std, progress=progress_value,
+                               step_progress=step_progress, generator=mask_generator)
+        step_out, mask, ctx, patch_prior = step.out, step.mask, step.ctx, step.patch_prior
         loss_value = float(step_out.loss.detach())
         if not math.isfinite(loss_value):
             raise LossNotFinite(
