@@ -158,3 +158,33 @@ def test_vasomim_run_logs_official_beta_and_mae_lr(tiny_xca, tmp_path, tiny_over
         e = (r["step"] - 1) / per_epoch  # the update that produced this record started here
         assert r["lr"] == pytest.approx(mae_reference_lr(e, lr, 0.0, 1, 3), rel=1e-9, abs=1e-15)
         assert "loss_cons" in r and "loss_cons_kl" in r
+
+
+@pytest.mark.parametrize("recipe", ["mae_paper", "vasomim_paper"])
+def test_paper_recipes_build_vit_b_and_take_two_steps(recipe):
+    from priormim.models.segmentor import VesselSegmentor
+    from priormim.training.pretrain import build_masking_strategy, masked_step
+
+    cfg = load_config(recipe, ["train.amp=off"])
+    assert (cfg.model.encoder, cfg.model.img_size) == ("vit_base_patch16_224", 224)
+    assert (cfg.model.decoder_embed_dim, cfg.model.decoder_depth, cfg.model.decoder_num_heads) == (512, 8, 16)
+    assert (cfg.optim.epochs, cfg.optim.warmup_epochs, cfg.optim.blr, cfg.optim.batch_size) == (800, 40, 1.5e-4, 256)
+    assert cfg.masking.mask_ratio == 0.75
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.encoder.embed_dim == 768 and len(model.encoder.blocks) == 12
+    assert not model.encoder.pos_embed.requires_grad
+    seg = freeze(VesselSegmentor(arch="unext_s")) if recipe == "vasomim_paper" else None
+    masking = build_masking_strategy(cfg)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    imgs = torch.randn(2, 1, 224, 224)
+    prior = (torch.rand(2, 1, 224, 224) > 0.92).float()
+    for _ in range(2):
+        step = masked_step(model, imgs, prior, masking=masking, cfg=cfg, segmentor=seg, norm_mean=0.5, norm_std=0.25,
+                           progress=masking_progress(cfg, 0), step_progress=0.0)
+        opt.zero_grad()
+        step.out.loss.backward()
+        opt.step()
+        assert torch.isfinite(step.out.loss)
+        assert int(step.mask.sum()) == 2 * 147  # 196 patches, 0.75 masked
+    assert ("loss_cons" in step.out.terms) is (recipe == "vasomim_paper")
