@@ -49,14 +49,17 @@ def compute_norm_stats(paths: Sequence[Path], *, max_images: int = 256, seed: in
 
 
 def paired_train_transform(
-    img_size: int | tuple[int, int], *, crop_scale: Sequence[float] = (0.2, 1.0), hflip: bool = True
+    img_size: int | tuple[int, int], *, crop_scale: Sequence[float] = (0.2, 1.0), hflip: bool = True,
+    vflip: bool = False,
 ) -> v2.Transform:
-    """RandomResizedCrop (+ horizontal flip) applied identically to image and prior."""
+    """RandomResizedCrop (+ horizontal, + vertical flip) applied identically to image and prior."""
     ops: list[v2.Transform] = [
         v2.RandomResizedCrop(img_size, scale=tuple(crop_scale), antialias=True)
     ]
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
+    if vflip:
+        ops.append(v2.RandomVerticalFlip())
     return v2.Compose(ops)
 
 
