@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -84,7 +84,7 @@ def load_segmentor(path: str | Path) -> VesselSegmentor:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {})["priormim_segmentor"])
         state = load_file(str(path))
-    except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+    except (OSError, KeyError, ValueError, SafetensorError) as exc:  # JSONDecodeError is a ValueError
         raise UserError(f"not a priormim segmentor file ({type(exc).__name__}); train one with `priormim train-segmentor`", path) from exc
     arch = meta.get("arch", LEGACY_ARCH)
     if arch not in SEGMENTOR_ARCHS:
