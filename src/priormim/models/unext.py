@@ -4,7 +4,7 @@ VasoMIM's official code uses ``UNext_S`` as the frozen vessel segmentor of its a
 consistency loss. The layout, for an input of ``H x W``:
 
 * three conv stages: 3x3 conv -> BatchNorm -> 2x2 max-pool -> ReLU (ReLU and max-pool commute,
-  so this is conv-BN-ReLU-pool); outputs at ``H/2, H/4, H/8``;
+  so this is the paper's conv-BN-ReLU-pool); outputs at ``H/2, H/4, H/8``;
 * two tokenised MLP stages: an overlapping patch embedding (3x3 conv, stride 2, LayerNorm) then
   one shifted-MLP block (:class:`ShiftedMLPBlock`) and a LayerNorm; outputs at ``H/16, H/32``;
 * a mirrored decoder: 3x3 conv -> BN -> bilinear x2 -> ReLU, then the skip is *added*; the first
@@ -165,7 +165,8 @@ class UNeXt(nn.Module):
         c1, c2, c3 = (int(c) for c in conv_channels)
         t1, t2 = (int(c) for c in token_channels)
         self.enc = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+            # pool before ReLU (they commute): the ReLU then runs on a quarter of the pixels
+            nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.MaxPool2d(2), nn.ReLU(inplace=True))
             for i, o in ((in_chans, c1), (c1, c2), (c2, c3))
         )
         self.tok1 = TokenStage(c3, t1, mlp_ratio=mlp_ratio, shift_size=shift_size)
