@@ -58,8 +58,12 @@ class ConsistencyConfig:
     enabled: bool = False
     weight: float = 1.0  # lambda in L = L_rec + lambda * L_cons
     segmentor: str | None = None  # path to a trained segmentor; None: train one on the priors
-    segmentor_arch: str = "unext_s"  # unext_s (the official code's UNeXt-S) | unet (priormim's small U-Net)
-    segmentor_epochs: int = 200  # official recipe: 200 epochs, Adam 1e-3 + poly 0.9, 0.5 BCE + 0.5 Dice
+    # How the segmentor is trained when consistency.segmentor is not given: official = UNeXt-S,
+    # 200 epochs, Adam 1e-3 + poly 0.9, 0.5 BCE + 0.5 Dice, crops 0.2-1 + h-flip; priormim =
+    # 8-channel 3-level U-Net, 30 epochs, AdamW + cosine. arch / epochs None: the recipe's.
+    segmentor_recipe: str = "official"
+    segmentor_arch: str | None = None  # unext_s | unext | unet
+    segmentor_epochs: int | None = None
     segmentor_base_channels: int = 8  # unet only
 
 
@@ -267,7 +271,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": ("mae", "timm"),
     "data.interpolation": ("bicubic", "bilinear"),
     "prior.preset": ("official", "priormim"),
-    "consistency.segmentor_arch": ("unext_s", "unet"),
+    "consistency.segmentor_recipe": ("official", "priormim"),
+    "consistency.segmentor_arch": (None, "unext_s", "unext", "unet"),
 }
 
 
@@ -276,7 +281,8 @@ def _check_choices(cfg: PretrainConfig, source: str) -> None:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in valid:
-            raise UserError(f"'{key}' must be one of {', '.join(valid)}, got {value!r}", source)
+            names = ", ".join("null" if v is None else v for v in valid)
+            raise UserError(f"'{key}' must be one of {names}, got {value!r}", source)
     w = cfg.masking.segmentor_weight
     if not 0.0 <= w <= 1.0:
         raise UserError(f"'masking.segmentor_weight' must be in [0, 1], got {w!r}", source)

@@ -78,11 +78,15 @@ def test_export_without_checkpoint(tmp_path, capsys):
     _one_line_error(capsys, "no valid checkpoint")
 
 
-def test_train_segmentor_cli(data, tmp_path):
+@pytest.mark.parametrize("extra, arch", [([], "unext_s"), (["--recipe", "priormim"], "unet"),
+                                         (["--arch", "unet", "--lr", "3e-3"], "unet")])
+def test_train_segmentor_cli(data, tmp_path, capsys, extra, arch):
     out = tmp_path / "seg.safetensors"
     assert main(["train-segmentor", "--images", str(data / "images"), "--priors", str(tmp_path / "pri"),
-                 "--out", str(out), "--epochs", "1", "--img-size", "32", "--base-channels", "4"]) == 0
+                 "--out", str(out), "--epochs", "1", "--img-size", "32", "--base-channels", "4", *extra]) == 0
+    assert f"{arch} segmentor" in capsys.readouterr().out
     from priormim.models.segmentor import load_segmentor
 
     seg = load_segmentor(out)
+    assert seg.arch == arch
     assert seg(torch.rand(1, 1, 32, 32)).shape == (1, 1, 32, 32)

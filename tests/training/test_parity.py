@@ -59,8 +59,12 @@ def test_vasomim_defaults_follow_the_official_code():
     cfg = load_config("vasomim")
     assert cfg.masking.segmentor_weight == 0.5 and cfg.masking.schedule == "official"
     assert cfg.optim.schedule == "mae" and cfg.data.interpolation == "bicubic"
-    assert cfg.prior.preset == "official" and cfg.consistency.segmentor_arch == "unext_s"
-    assert cfg.consistency.segmentor_epochs == 200
+    assert cfg.prior.preset == "official" and cfg.consistency.segmentor_recipe == "official"
+    from priormim.training.segmentor import SegmentorTrainConfig
+
+    seg = SegmentorTrainConfig(recipe=cfg.consistency.segmentor_recipe, arch=cfg.consistency.segmentor_arch,
+                               epochs=cfg.consistency.segmentor_epochs)
+    assert (seg.arch, seg.epochs, seg.optimizer, seg.schedule, seg.crop_scale) == ("unext_s", 200, "adam", "poly", (0.2, 1.0))
     assert cfg.masking.mask_ratio == 0.75  # paper text; the official launch script's 0.5 is an override
 
 

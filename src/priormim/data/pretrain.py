@@ -60,9 +60,10 @@ def paired_train_transform(
     *,
     crop_scale: Sequence[float] = (0.2, 1.0),
     hflip: bool = True,
+    vflip: bool = False,
     interpolation: str = "bilinear",
 ) -> v2.Transform:
-    """RandomResizedCrop (+ horizontal flip) applied identically to image and prior.
+    """RandomResizedCrop (+ horizontal, + vertical flip) applied identically to image and prior.
 
     ``interpolation`` resamples the image (``bicubic`` in the official VasoMIM and MAE data
     pipelines, clamped back to [0, 1] as PIL's 8-bit bicubic clips); the prior, a
@@ -78,6 +79,8 @@ def paired_train_transform(
         ops.append(v2.Lambda(_clamp_unit, tv_tensors.Image))
     if hflip:
         ops.append(v2.RandomHorizontalFlip())
+    if vflip:
+        ops.append(v2.RandomVerticalFlip())
     return v2.Compose(ops)
 
 

@@ -826,6 +826,7 @@ def prepare_segmentor(cfg: PretrainConfig, paths, prior_loader, out: Path, dist:
         if dist.is_main:
             train_segmentor(
                 SegmentorTrainConfig(
+                    recipe=cfg.consistency.segmentor_recipe,
                     arch=cfg.consistency.segmentor_arch,
                     epochs=cfg.consistency.segmentor_epochs,
                     base_channels=cfg.consistency.segmentor_base_channels,
