@@ -168,6 +168,8 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
         return value
     if tp is str and isinstance(value, str):
         return value
+    if tp is str and value is False and key == "train.amp":
+        return "off"  # YAML 1.1 reads the bare word `off` (train.amp=off) as false
     if tp is dict and isinstance(value, dict):
         return value
     if tp is list and isinstance(value, (list, tuple)):
