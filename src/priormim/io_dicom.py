@@ -11,9 +11,11 @@ The pipeline follows DICOM PS3.3 C.11 and uses pydicom's own functions at each s
 3. grey images go through the Modality LUT (:func:`pydicom.pixels.apply_modality_lut`:
    rescale slope/intercept or the LUT), then the VOI LUT or the first window
    (:func:`pydicom.pixels.apply_voi_lut`), and are scaled to ``[0, 1]`` by the *output range
-   of that transform* (the range pydicom's windowing maps to, the VOI LUT's entries, or the
-   stored range through the modality LUT when there is no window) - never by the image's own
-   minimum and maximum, so one hot pixel does not change the grey levels of the rest;
+   of that transform* (the range pydicom's windowing maps to, or the VOI LUT's entries), not by
+   the image's own minimum and maximum, so one hot pixel does not change the grey levels of
+   the rest. Without a window, 8-bit data is scaled by its stored range (0-255), and wider
+   data by its own minimum and maximum over *all* frames of the file (what viewers do; a
+   12-bit image in 16 stored bits would otherwise be nearly black);
 4. MONOCHROME1 (bright means low signal) is inverted, so vessels look the same for both.
 
 Multi-frame files: :func:`read_dicom_frames` returns every frame (``[T, H, W]``);
@@ -143,6 +145,16 @@ def _stored_range(ds) -> tuple[float, float]:
     return lo, hi
 
 
+def _has_voi(ds) -> bool:
+    return bool(ds.get("VOILUTSequence")) or (ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None)
+
+
+def _has_full_range(ds) -> bool:
+    """8-bit stored values are display values already; wider ones without a window often use
+    only part of their range (12 of 16 bits), which only the data tells."""
+    return int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8) <= 8
+
+
 def to_display_grey(arr: np.ndarray, ds) -> np.ndarray:
     """Stored pixel values -> display grey levels ``float32 [..., H, W]`` in ``[0, 1]``.
 
@@ -174,8 +186,11 @@ def to_display_grey(arr: np.ndarray, ds) -> np.ndarray:
         lo, hi = _stored_range(ds)
         out = apply_voi_lut(values, ds, index=0, prefer_lut=False).astype(np.float64)
     else:
-        lo, hi = _stored_range(ds)
         out = values.astype(np.float64)
+        if _has_full_range(ds):
+            lo, hi = _stored_range(ds)
+        else:  # as viewers do without a window: the data's own range (over all frames given)
+            lo, hi = float(out.min()), float(out.max())
     grey = np.clip((out - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros(out.shape)
     if photometric == "MONOCHROME1":
         grey = 1.0 - grey
@@ -212,6 +227,8 @@ def _frames_of(ds, path: Path, *, indices: Sequence[int] | None, chunk: int) -> 
 
     info = _info(ds, path)
     wanted = list(range(info.frames)) if indices is None else sorted(int(i) for i in indices)
+    if not _has_voi(ds) and not _has_full_range(ds):
+        chunk = max(len(wanted), 1)  # one data range for the whole sequence: no frame-to-frame flicker
     if wanted and not 0 <= wanted[0] <= wanted[-1] < info.frames:
         raise UserError(f"frame index out of range (file has {info.frames} frames)", path)
     buf: list[np.ndarray] = []
