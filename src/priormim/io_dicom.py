@@ -43,6 +43,7 @@ __all__ = [
     "iter_dicom_frames",
     "read_dicom_frames",
     "read_dicom_gray",
+    "read_dicom_sequence",
     "to_display_grey",
 ]
 
@@ -104,8 +105,8 @@ def _float_or_none(value) -> float | None:
         return None
 
 
-def _info(ds, path: Path) -> DicomInfo:
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+def _info(ds, path: Path, *, check_pixels: bool = True) -> DicomInfo:
+    if check_pixels and "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise UserError("DICOM file has no image (no Pixel Data); it is a report, structure set or other non-image object", path)
     meta = getattr(ds, "file_meta", None)
     ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
@@ -126,7 +127,7 @@ def _info(ds, path: Path) -> DicomInfo:
 def dicom_info(path: str | Path) -> DicomInfo:
     """Geometry of a DICOM image without decoding its pixels."""
     path = Path(path)
-    return _info(_dcmread(path, pixels=False), path)
+    return _info(_dcmread(path, pixels=False), path, check_pixels=False)
 
 
 def _stored_range(ds) -> tuple[float, float]:
@@ -261,6 +262,17 @@ def read_dicom_frames(path: str | Path, *, indices: Sequence[int] | None = None)
     if not frames:
         raise UserError("DICOM file has no frames", path)
     return np.stack(frames)
+
+
+def read_dicom_sequence(path: str | Path) -> tuple[np.ndarray, DicomInfo]:
+    """Every frame (``float32 [T, H, W]`` in ``[0, 1]``) and the geometry, from one read."""
+    path = Path(path)
+    ds = _dcmread(path, pixels=True)
+    info = _info(ds, path)
+    frames = [f for _, f in _frames_of(ds, path, indices=None, chunk=16)]
+    if not frames:
+        raise UserError("DICOM file has no frames", path)
+    return np.stack(frames), info
 
 
 def read_dicom_gray(path: str | Path) -> np.ndarray:

@@ -92,15 +92,15 @@ def _read_video(path: Path) -> SourceFrames:
 
 
 def _read_dicom(path: Path) -> SourceFrames:
-    from priormim.io_dicom import dicom_info, read_dicom_frames
+    from priormim.io_dicom import read_dicom_sequence
 
-    info = dicom_info(path)
+    frames, info = read_dicom_sequence(path)
     geometry = {"bits_stored": str(info.bits_stored), "modality": info.modality}
     if info.pixel_spacing_mm is not None:
         geometry["pixel_spacing_mm"] = f"{info.pixel_spacing_mm:g}"
     if info.frame_time_ms is not None:
         geometry["frame_time_ms"] = f"{info.frame_time_ms:g}"
-    return SourceFrames(read_dicom_frames(path), "dicom", geometry)
+    return SourceFrames(frames, "dicom", geometry)
 
 
 def read_source(path: str | Path) -> SourceFrames:
