@@ -35,11 +35,14 @@ from priormim.ingest.select import parse_frame_rule
 from priormim.ingest.sources import discover_sources
 from priormim.io import atomic_write_bytes
 
-__all__ = ["IngestSummary", "ingest", "merge_ingest_shards"]
+__all__ = ["INGEST_COLUMNS", "IngestSummary", "ingest", "merge_ingest_shards"]
 
 log = logging.getLogger(__name__)
 
 _STANDARD = ("image", "bytes", "sha256")
+# Provenance columns after the standard ones, in this order (empty where not applicable).
+INGEST_COLUMNS = ("source", "kind", "frame", "n_frames", "contrast", "phash", "height", "width",
+                  "bits_stored", "modality", "pixel_spacing_mm", "frame_time_ms", "fps")
 
 
 @dataclass
@@ -80,7 +83,7 @@ def _entries(records: list[dict[str, Any]]) -> tuple[list[ManifestEntry], int]:
             dups += 1
             continue
         seen.add(r["image"])
-        extra = {k: v for k, v in r.items() if k not in _STANDARD}
+        extra = {k: str(r.get(k, "")) for k in INGEST_COLUMNS}
         out.append(ManifestEntry(image=Path(r["image"]), bytes=int(r["bytes"]), sha256=r["sha256"], extra=extra))
     return out, dups
 
