@@ -2,6 +2,9 @@
 
 Every reader returns ``float32`` arrays of shape ``[H, W]`` scaled to ``[0, 1]`` whatever the
 source bit depth (8-bit, 16-bit PNG/TIFF, DICOM) or channel count (RGB is averaged to grey).
+DICOM files go through :mod:`priormim.io_dicom` (decoders for the compressed transfer syntaxes,
+Modality and VOI LUT / window, MONOCHROME1, colour to grey; a multi-frame file is refused with
+a pointer to ``priormim ingest``).
 Failures raise :class:`priormim.errors.UserError` naming the file.
 """
 
@@ -68,24 +71,11 @@ def _to_unit_float(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_dicom(path: Path) -> np.ndarray:
-    try:
-        import pydicom
-    except ImportError as exc:  # pragma: no cover - pydicom is a dependency
-        raise UserError("reading DICOM needs pydicom; pip install pydicom", path) from exc
-    try:
-        ds = pydicom.dcmread(str(path))
-        arr = ds.pixel_array.astype(np.float32)
-    except Exception as exc:  # pydicom raises many types for broken files
-        raise UserError(f"cannot read DICOM ({type(exc).__name__}: {exc}); the file is corrupt or truncated", path) from exc
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    arr = arr * slope + intercept
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        arr = arr.max() - arr  # MONOCHROME1: bright means low signal
-    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
-        arr = arr[0]  # multi-frame: first frame
-    lo, hi = float(arr.min()), float(arr.max())
-    return ((arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)).astype(np.float32)
+    # The DICOM pipeline (decoders, Modality/VOI LUT, MONOCHROME1, colour, multi-frame rule)
+    # lives in priormim.io_dicom; read_gray stays the one entry point every command uses.
+    from priormim.io_dicom import read_dicom_gray
+
+    return read_dicom_gray(path)
 
 
 def read_gray(path: str | Path) -> np.ndarray:

@@ -366,8 +366,8 @@ def test_rsna_pneumonia(rsna_root: Path, caplog):
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [0, 1]
     assert ds.class_names == ["normal", "pneumonia"] and not ds.multilabel
     assert "1 of 3" in caplog.text and P3 in caplog.text
-    img = read_gray(ds.paths[1])  # 8-bit MONOCHROME2 DICOM
-    np.testing.assert_allclose(img, np.arange(24, dtype=np.float32).reshape(4, 6) / 23, atol=1e-6)
+    img = read_gray(ds.paths[1])  # 8-bit MONOCHROME2 DICOM: stored range 0-255, like an 8-bit PNG
+    np.testing.assert_allclose(img, np.arange(24, dtype=np.float32).reshape(4, 6) * 10 / 255, atol=1e-6)
 
 
 def test_rsna_errors(rsna_root: Path):

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "baseline",
     "predict",
     "bench",
+    "ingest",
 )
 
 

@@ -44,7 +44,8 @@ def _register_vessel(prior_subparsers: argparse._SubParsersAction) -> None:
             "unreadable images are reported and skipped."
         ),
     )
-    p.add_argument("--images", required=True, metavar="DIR", help="folder of angiograms")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of angiograms, or a data manifest "
+                   "(.csv/.parquet, e.g. the one `priormim ingest` writes)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the prior masks")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -125,9 +126,12 @@ def run_vessel(args: argparse.Namespace) -> int:
     """Returns 0 when the job ran (failures are counted in the summary), 1 when every image failed."""
     from priormim.data.manifest import parse_shard
 
+    from priormim.data.manifest import is_manifest_path, read_manifest
+
     shard = parse_shard(args.shard) if args.shard else None
+    images = [e.image for e in read_manifest(args.images)] if is_manifest_path(args.images) else args.images
     summary = compute_vessel_priors(
-        args.images,
+        images,
         args.out,
         batch_size=args.batch_size,
         device=args.device,

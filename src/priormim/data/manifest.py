@@ -11,7 +11,9 @@ A manifest is a CSV file (Parquet too when ``pyarrow`` is installed) with the co
 ``prior_sha256`` SHA-256 of the prior file
 ========== ===================================================================================
 
-Only ``image`` is required; ``priormim prior vessel`` writes all columns. Rows are kept in
+Only ``image`` is required; ``priormim prior vessel`` writes all columns. Any further columns
+(e.g. the provenance columns of ``priormim ingest``: ``source``, ``frame``, ``contrast``, ...)
+are kept in :attr:`ManifestEntry.extra` and written back after the standard ones. Rows are kept in
 file order; paths are resolved against the manifest's folder, so a data tree can be moved
 with its manifest.
 """
@@ -24,7 +26,7 @@ import io
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from priormim.errors import UserError
@@ -57,6 +59,7 @@ class ManifestEntry:
     bytes: int | None = None
     sha256: str | None = None
     prior_sha256: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)  # further columns, by name
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -104,8 +107,12 @@ def write_manifest(path: str | Path, entries: Iterable[ManifestEntry]) -> Path:
     """Write ``entries`` atomically as CSV (or Parquet for a ``.parquet`` path)."""
     path = Path(path)
     base = path.parent
+    entries = list(entries)
+    extra_cols = list(dict.fromkeys(k for e in entries for k in e.extra if k not in COLUMNS))
+    columns = COLUMNS + tuple(extra_cols)
     rows = [
         {
+            **{k: e.extra.get(k, "") for k in extra_cols},
             "image": _rel(e.image, base),
             "prior": _rel(e.prior, base),
             "label": "" if e.label is None else str(e.label),
@@ -117,13 +124,13 @@ def write_manifest(path: str | Path, entries: Iterable[ManifestEntry]) -> Path:
     ]
     if path.suffix.lower() == ".parquet":
         pa, pq = _pyarrow(path)
-        table = pa.table({c: [r[c] for r in rows] for c in COLUMNS})
+        table = pa.table({c: pa.array([r[c] for r in rows], type=pa.string()) for c in columns})
         buf = io.BytesIO()
         pq.write_table(table, buf)
         atomic_write_bytes(path, buf.getvalue())
         return path
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(path, text.getvalue().encode("utf-8"))
@@ -190,6 +197,7 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
                 bytes=nbytes,
                 sha256=row.get("sha256") or None,
                 prior_sha256=row.get("prior_sha256") or None,
+                extra={k: row.get(k, "") for k in header if k and k not in COLUMNS},
             )
         )
     return out
