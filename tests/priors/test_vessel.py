@@ -103,7 +103,12 @@ def test_cuda_matches_cpu() -> None:
     x = as_batch(tubes(), tubes(seed=3))
     torch.testing.assert_close(vesselness(x.cuda()).cpu(), vesselness(x), atol=1e-5, rtol=0)
     for keep in ("strongest", "seeded", "largest"):
-        assert torch.equal(vessel_mask(x.cuda(), border=4, keep=keep).cpu(), vessel_mask(x, border=4, keep=keep))
+        kw = dict(border=4, keep=keep, preset="priormim")
+        assert torch.equal(vessel_mask(x.cuda(), **kw).cpu(), vessel_mask(x, **kw)), keep
+        # official: float64 on CUDA, float32 on CPU; a level can flip where a response sits
+        # within rounding error of a whole grey level, so allow a handful of pixels.
+        kw["preset"] = "official"
+        assert (vessel_mask(x.cuda(), **kw).cpu() != vessel_mask(x, **kw)).sum() <= 5, keep
 
 
 def _reference_keep(resp: np.ndarray, mask: np.ndarray, keep: str) -> np.ndarray:
@@ -207,8 +212,8 @@ def test_vessel_mask_ignores_collimator_edge() -> None:
     img = tubes(96, 96, noise=0.01)
     img[:, 80:] = 0.02  # dark collimator blade on the right: a strong step edge
     x = as_batch(img)
-    with_c = vessel_mask(x, border=2, keep="strongest")[0, 0].numpy()
-    without = vessel_mask(x, border=2, keep="strongest", collimator=False)[0, 0].numpy()
+    with_c = vessel_mask(x, border=2, preset="priormim")[0, 0].numpy()  # collimator on by default
+    without = vessel_mask(x, border=2, preset="priormim", collimator=False)[0, 0].numpy()
     assert without[:, 78:].any()  # Sato responds to the step edge
     # Flat from column 80; window centres from 82, grown by 2 + margin 8 -> cleared from 72.
     assert not with_c[:, 72:].any()

@@ -84,8 +84,10 @@ def test_truncated_last_checkpoint_falls_back(tiny_xca, tmp_path):
 
 
 def test_vasomim_run_guides_masking_and_uses_consistency(tiny_xca, tmp_path):
+    # The prior alone guides here (segmentor_weight=0): the official 0.5 blend with a 2-epoch
+    # segmentor's near-flat map dilutes guidance (tests/training/test_parity.py covers the blend).
     cfg = _cfg("vasomim", tiny_xca / "images", "optim.epochs=2", "masking.mask_ratio=0.25",
-               "masking.kwargs={beta_start: 1.0, beta_end: 1.0}")
+               "masking.kwargs={beta_start: 1.0, beta_end: 1.0}", "masking.segmentor_weight=0")
     res = pretrain(cfg, tmp_path / "v")
     h = res.history[-1]
     assert "loss_cons" in h and h["loss_cons"] > 0

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from priormim.priors.cache import compute_vessel_priors
-from priormim.priors.vessel import KEEP_MODES
+from priormim.priors.vessel import KEEP_MODES, PRESETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,9 +40,18 @@ def _register_vessel(prior_subparsers: argparse._SubParsersAction) -> None:
         help="vessel masks of angiograms (Sato vesselness, percentile threshold, connected component)",
         description=(
             "Write <out>/<image stem>.png (0/255 vessel mask) for every image in --images, "
-            "plus <out>/manifest.json. Re-running skips files that are already up to date; "
-            "unreadable images are reported and skipped."
+            "plus <out>/manifest.json. Re-running skips files that are already up to date "
+            "(other options, --preset included, recompute them all); unreadable images are "
+            "reported and skipped."
         ),
+    )
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="official",
+        help="recipe: official (default; the official VasoMIM code: 8-bit Sato response, border cleared, "
+        ">= the percentile, 4-connected component of the strongest pixel) or priormim (collimator regions "
+        "dropped, > the percentile, 8-connected component with the largest summed response)",
     )
     p.add_argument("--images", required=True, metavar="DIR", help="folder of angiograms, or a data manifest "
                    "(.csv/.parquet, e.g. the one `priormim ingest` writes)")
@@ -54,16 +63,18 @@ def _register_vessel(prior_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--keep",
         choices=KEEP_MODES,
-        default="strongest",
-        help="connected components to keep: strongest (largest summed response, default), "
-        "seeded (holds the strongest pixel), largest (most pixels), all",
+        default=None,
+        help="connected components to keep: strongest (largest summed response; priormim's default), "
+        "seeded (holds the strongest pixel; official's default), largest (most pixels), all",
     )
     p.add_argument("--sigmas", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0], metavar="S", help="Sato scales in pixels (default 1 2 3 4)")
     p.add_argument("--bright-vessels", action="store_true", help="vessels are brighter than the background (default: darker)")
     p.add_argument(
-        "--no-collimator",
-        action="store_true",
-        help="keep responses next to flat regions touching the image edge (collimator); default drops them",
+        "--collimator",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="drop responses next to flat regions touching the image edge (collimator blades, round field "
+        "of view); default: on for --preset priormim, off for official",
     )
     p.add_argument(
         "--shard",
@@ -140,9 +151,10 @@ def run_vessel(args: argparse.Namespace) -> int:
         keep=args.keep,
         sigmas=args.sigmas,
         black_ridges=not args.bright_vessels,
-        collimator=not args.no_collimator,
+        collimator=args.collimator,
         progress=not args.no_progress,
         shard=shard,
+        preset=args.preset,
     )
     for path, reason in summary.failed:
         print(f"priormim: skipped {path.name}: {reason}", file=sys.stderr)

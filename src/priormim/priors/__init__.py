@@ -10,9 +10,11 @@ from priormim.priors.cache import (
 )
 from priormim.priors.vessel import (
     KEEP_MODES,
+    PRESETS,
     collimator_mask,
     component_labels,
     effective_border,
+    official_threshold,
     threshold_vesselness,
     vessel_mask,
     vesselness,
@@ -20,6 +22,7 @@ from priormim.priors.vessel import (
 
 __all__ = [
     "KEEP_MODES",
+    "PRESETS",
     "PriorCacheSummary",
     "collimator_mask",
     "component_labels",
@@ -27,6 +30,7 @@ __all__ = [
     "effective_border",
     "ensure_vessel_priors",
     "load_prior",
+    "official_threshold",
     "prior_path",
     "read_manifest",
     "threshold_vesselness",

@@ -5,7 +5,9 @@ size) for every image of a folder, in same-size batches, and records in
 ``<out>/manifest.json`` the parameters and, per output file, the source path, size and
 modification time and the vessel fraction. A re-run skips every file whose manifest entry
 matches (same parameters, same source size and mtime, output present), so an interrupted
-job resumes where it stopped; unreadable images are counted, logged and skipped.
+job resumes where it stopped; unreadable images are counted, logged and skipped. The
+parameters include the recipe (``preset``: ``official`` or ``priormim``, see
+:func:`priormim.priors.vessel_mask`), so priors of one recipe are never reused for the other.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from priormim.errors import UserError
 from priormim.io import atomic_write_bytes, list_images, read_gray, read_mask, write_png
-from priormim.priors.vessel import KEEP_MODES, vessel_mask
+from priormim.priors.vessel import KEEP_MODES, PRESET_DEFAULTS, PRESETS, vessel_mask
 
 __all__ = [
     "MANIFEST_NAME",
@@ -44,14 +46,16 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 _KIND = "vessel"
 _VERSION = 1  # bump when the algorithm changes so old caches are recomputed
+# Parameters besides ``preset``; None takes the preset's value (PRESET_DEFAULTS).
 DEFAULT_PARAMS: dict[str, Any] = {
     "percentile": 92.0,
     "border": 20,
-    "keep": "strongest",
+    "keep": None,
     "sigmas": [1.0, 2.0, 3.0, 4.0],
     "black_ridges": True,
-    "collimator": True,
+    "collimator": None,
 }
+_LEGACY_PRESET = "priormim"  # manifests written before presets existed used this recipe
 
 
 @dataclass
@@ -98,9 +102,15 @@ def load_prior(out_dir: str | Path, image_path: str | Path) -> np.ndarray:
 
 
 def _normalise_params(
-    percentile: float, border: int, keep: str, sigmas: Sequence[float], black_ridges: bool, collimator: bool
+    preset: str, percentile: float, border: int, keep: str | None, sigmas: Sequence[float], black_ridges: bool,
+    collimator: bool | None,
 ) -> dict[str, Any]:
-    """Validate user-facing parameters (UserError) and put them in manifest form."""
+    """Validate user-facing parameters (UserError) and put them in manifest form, with
+    ``keep`` and ``collimator`` resolved from the preset when None."""
+    if preset not in PRESETS:
+        raise UserError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}; e.g. --preset official")
+    keep = PRESET_DEFAULTS[preset]["keep"] if keep is None else keep
+    collimator = PRESET_DEFAULTS[preset]["collimator"] if collimator is None else collimator
     try:
         sig = [float(s) for s in sigmas]
         percentile = float(percentile)
@@ -115,6 +125,7 @@ def _normalise_params(
     if keep not in KEEP_MODES:
         raise UserError(f"keep must be one of {', '.join(KEEP_MODES)}, got {keep!r}")
     return {
+        "preset": preset,
         "percentile": percentile,
         "border": int(border),
         "keep": keep,
@@ -135,7 +146,10 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 
 def read_manifest(out: str | Path, name: str = MANIFEST_NAME) -> dict[str, Any] | None:
-    """The manifest of a prior folder, or None if there is none (or it is unreadable)."""
+    """The manifest of a prior folder, or None if there is none (or it is unreadable).
+
+    Parameters recorded before presets existed get ``"preset": "priormim"`` (the recipe
+    that made them), so those caches stay valid for that preset."""
     path = Path(out) / name
     if not path.is_file():
         return None
@@ -147,6 +161,9 @@ def read_manifest(out: str | Path, name: str = MANIFEST_NAME) -> dict[str, Any] 
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
         logger.warning("%s: manifest has an unexpected layout; priors will be recomputed", path)
         return None
+    params = data.get("params")
+    if isinstance(params, dict) and "preset" not in params and data.get("kind", _KIND) == _KIND:
+        data["params"] = {"preset": _LEGACY_PRESET, **params}
     return data
 
 
@@ -193,26 +210,31 @@ def compute_vessel_priors(
     device: str | torch.device = "cpu",
     percentile: float = 92,
     border: int = 20,
-    keep: str = "strongest",
+    keep: str | None = None,
     sigmas: Sequence[float] = (1, 2, 3, 4),
     black_ridges: bool = True,
-    collimator: bool = True,
+    collimator: bool | None = None,
     progress: bool = True,
     shard: tuple[int, int] | None = None,
+    preset: str = "official",
 ) -> PriorCacheSummary:
     """Compute the vessel prior of every image in ``images`` into ``out`` (resumable).
 
     ``images`` is a folder, or a list of image paths (e.g. from a data manifest).
     Images are read with :func:`priormim.io.read_gray`, grouped by size into batches of up
     to ``batch_size`` and passed through :func:`priormim.priors.vessel_mask` (see there for
-    ``percentile``, ``border``, ``keep``, ``sigmas``, ``black_ridges``, ``collimator``); each mask is
+    ``preset``, ``percentile``, ``border``, ``keep``, ``sigmas``, ``black_ridges``, ``collimator``;
+    ``preset="official"``, the default, is the official VasoMIM recipe and quantises every
+    image to 8 bits as :func:`priormim.io.to_uint8` does; ``keep`` and ``collimator`` left at
+    None take the preset's values); each mask is
     written atomically as ``<out>/<stem>.png`` (0/255). The state (``manifest.json``:
     parameters and, per prior, source path, size, mtime, SHA-256, prior SHA-256) is rewritten
     atomically every few seconds and at the end, plus a data manifest ``manifest.csv``
     (:mod:`priormim.data.manifest`) for ``priormim pretrain --manifest``.
 
     A re-run skips every file whose entry matches (same size and mtime, or same SHA-256 when
-    only the mtime moved) and whose output exists. Unreadable images and name clashes
+    only the mtime moved) and whose output exists. Any other parameters than the state
+    file's (another ``preset`` included) recompute every prior, with a logged message. Unreadable images and name clashes
     (``a.png`` and ``a.jpg``) are reported in the summary, never fatal.
 
     ``shard=(i, n)`` processes only shard ``i`` of ``n`` (:func:`priormim.data.manifest.shard_paths`:
@@ -239,7 +261,7 @@ def compute_vessel_priors(
             raise UserError("no images to compute vessel priors for", out)
     if int(batch_size) != batch_size or batch_size < 1:
         raise UserError(f"batch size must be a whole number >= 1, got {batch_size}")
-    params = _normalise_params(percentile, border, keep, sigmas, black_ridges, collimator)
+    params = _normalise_params(preset, percentile, border, keep, sigmas, black_ridges, collimator)
     dev = _resolve_device(device)
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a folder; pick another --out", out)
@@ -258,7 +280,11 @@ def compute_vessel_priors(
             return {}
         if manifest.get("params") == params and manifest.get("version") == _VERSION and manifest.get("kind") == _KIND:
             return dict(manifest["files"])
-        if manifest["files"]:
+        old = manifest.get("params") if isinstance(manifest.get("params"), dict) else {}
+        if manifest["files"] and old.get("preset") != params["preset"]:
+            logger.warning("%s: priors were made with preset %s; recomputing all with preset %s",
+                           out / state_name, old.get("preset"), params["preset"])
+        elif manifest["files"]:
             logger.info("%s: parameters changed; recomputing all priors", out / state_name)
         return {}
 
@@ -335,6 +361,7 @@ def compute_vessel_priors(
             sigmas=params["sigmas"],
             black_ridges=params["black_ridges"],
             collimator=params["collimator"],
+            preset=params["preset"],
         )
         masks = masks[:, 0].cpu().numpy()
         for (path, name, stamp, img), m in zip(batch, masks):
@@ -434,25 +461,29 @@ def ensure_vessel_priors(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    preset: str = "official",
     **params: Any,
 ) -> PriorCacheSummary:
     """Make sure every image of ``images`` has an up-to-date prior in ``out``; compute only
     the missing ones (pretraining calls this on first use).
 
-    ``params`` (``percentile``, ``border``, ``keep``, ``sigmas``, ``black_ridges``,
-    ``collimator``) that are
-    not given are taken from ``out``'s manifest when there is one, so a cache made with
-    ``priormim prior vessel`` and custom settings is completed, not recomputed; otherwise
-    the defaults of :func:`compute_vessel_priors` apply. Given ``params`` that differ from
-    the manifest recompute everything.
+    ``preset`` is the recipe (``"official"`` or ``"priormim"``, see
+    :func:`priormim.priors.vessel_mask`). When ``out``'s manifest was made with the same
+    preset, ``params`` (``percentile``, ``border``, ``keep``, ``sigmas``, ``black_ridges``,
+    ``collimator``) that are not given are taken from it, so a cache made with ``priormim
+    prior vessel`` and custom settings is completed, not recomputed; otherwise the defaults
+    of :func:`compute_vessel_priors` apply. A manifest of the other preset, or given
+    ``params`` that differ from the manifest, recompute everything (logged).
     """
     unknown = set(params) - set(DEFAULT_PARAMS)
     if unknown:
         raise TypeError(f"unknown vessel prior parameter(s): {', '.join(sorted(unknown))}")
     manifest = read_manifest(out)
-    stored = manifest.get("params") if manifest is not None else None
+    stored = dict(manifest.get("params") or {}) if manifest is not None else {}
     base = dict(DEFAULT_PARAMS)
-    if isinstance(stored, dict) and set(stored) == set(DEFAULT_PARAMS):
+    if stored.pop("preset", None) == preset and set(stored) == set(DEFAULT_PARAMS):
         base.update(stored)
     base.update(params)
-    return compute_vessel_priors(images, out, batch_size=batch_size, device=device, progress=progress, **base)
+    return compute_vessel_priors(
+        images, out, batch_size=batch_size, device=device, progress=progress, preset=preset, **base
+    )

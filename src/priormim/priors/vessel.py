@@ -1,203 +1,45 @@
-"""Vessel prior: batched Sato tubeness and a thresholded vessel mask (VasoMIM).
+"""Vessel prior: a thresholded Sato vessel mask of angiograms (VasoMIM).
 
-:func:`vesselness` reproduces ``skimage.filters.sato(image, sigmas, black_ridges,
-mode="reflect")`` on a whole batch in torch (CPU or CUDA):
-
-* the Hessian comes from two successive first-order Gaussian-derivative filters per
-  axis with ``sigma / sqrt(2)`` each, exactly as ``skimage.feature.hessian_matrix(...,
-  use_gaussian_derivatives=True)`` (``scipy.ndimage.gaussian_filter`` kernels, truncate 8,
-  or 100 when ``sigma <= 1``, and ``reflect`` = half-sample symmetric borders);
-* the eigenvalues use the closed form for symmetric 2x2 matrices;
-* the response is ``max over sigmas of sigma**2 * max(lambda_1, 0)`` (Sato eq. 9/22 in 2-D).
-
-:func:`vessel_mask` drops responses next to flat collimator regions, thresholds the
-response at a per-image percentile, clears a border frame and keeps one 8-connected
-component (by default the one with the largest summed response).
+:func:`vessel_mask` filters a batch with :func:`priormim.priors.sato.vesselness` and keeps
+one connected component of the strongest responses, by one of two recipes
+(:data:`PRESETS`): ``"official"``, the official VasoMIM code (XA-SSL ``frangi_filter.py``:
+8-bit response, border cleared, ``>=`` the 92nd percentile, 4-connected component of the
+strongest pixel), and ``"priormim"`` (collimator regions dropped, ``>`` the percentile,
+border cleared afterwards, 8-connected component with the largest summed response).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage as ndi
 from torch import Tensor
+
+from priormim.priors.components import component_labels
+from priormim.priors.sato import _check_image_batch, vesselness
 
 __all__ = [
     "KEEP_MODES",
+    "PRESETS",
+    "PRESET_DEFAULTS",
     "collimator_mask",
     "component_labels",
     "effective_border",
+    "official_threshold",
     "threshold_vesselness",
     "vessel_mask",
     "vesselness",
 ]
 
 KEEP_MODES = ("strongest", "seeded", "largest", "all")
-
-# Kernel taps whose magnitude is below this fraction of the peak are dropped: they change
-# a float32 result by less than its rounding error, and skimage's truncate=100 for
-# sigma <= 1 would otherwise mean 143-tap kernels for sigma = 1.
-_TAP_EPS = 1e-10
-
-
-def _check_image_batch(x: Tensor, name: str) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise ValueError(f"{name} must have shape [B, 1, H, W], got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.shape[-1] < 2 or x.shape[-2] < 2:
-        raise ValueError(f"{name} must be at least 2x2 pixels, got {tuple(x.shape[-2:])}")
-
-
-def _check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
-    sig = tuple(float(s) for s in sigmas)
-    if not sig:
-        raise ValueError("sigmas must hold at least one scale")
-    if any(not math.isfinite(s) or s <= 0 for s in sig):
-        raise ValueError(f"sigmas must be positive, got {sig}")
-    return sig
-
-
-@functools.lru_cache(maxsize=64)
-def _hessian_kernels(sigma: float) -> np.ndarray:
-    """Correlation weights ``[2, K]`` (Gaussian, first derivative) as scipy uses them.
-
-    Same maths as ``scipy.ndimage._filters._gaussian_kernel1d`` (a private function, so it
-    is restated here) with skimage's Hessian settings: ``sd = sigma / sqrt(2)``, radius
-    ``int(truncate * sd + 0.5)``, normalised over the full radius, then reversed because
-    scipy correlates. Negligible tails are trimmed afterwards (see ``_TAP_EPS``).
-    """
-    truncate = 8.0 if sigma > 1 else 100.0
-    sd = sigma / math.sqrt(2.0)
-    radius = int(truncate * sd + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    phi = np.exp(-0.5 / (sd * sd) * x**2)
-    phi /= phi.sum()
-    deriv = -x / (sd * sd) * phi
-    kernels = np.stack([phi, deriv])[:, ::-1]
-    keep = np.abs(kernels).max(axis=0) >= _TAP_EPS * np.abs(kernels).max()
-    r = int(radius - np.argmax(keep))  # first kept tap; kernels are (anti)symmetric
-    return np.ascontiguousarray(kernels[:, radius - r : radius + r + 1])
-
-
-def _pad_symmetric(x: Tensor, r: int, dim: int) -> Tensor:
-    """Extend ``x`` by ``r`` samples on each side of ``dim`` like scipy's ``reflect``
-    (``d c b a | a b c d | d c b a``), repeating the reflection when ``r > n``. torch's
-    ``F.pad(mode="reflect")`` leaves out the edge sample (scipy's ``mirror``) and needs
-    ``r < n``, so it cannot be used."""
-    n = x.shape[dim]
-    i = torch.arange(-r, n + r, device=x.device) % (2 * n)
-    return x.index_select(dim, torch.where(i < n, i, 2 * n - 1 - i))
-
-
-def _depthwise(x: Tensor, weights: Tensor, dim: int, padding: int) -> Tensor:
-    """Depthwise 1-D correlation of ``x [1, H, W, C]`` along ``dim`` with ``weights [C, K]``
-    (zero padding). Channels-last depthwise convolution is what oneDNN and cuDNN vectorise
-    best (over channels): 3-10x faster on CPU than ``[B, C, H, W]`` images."""
-    c, k = weights.shape
-    w = weights.view(c, 1, k, 1) if dim == 1 else weights.view(c, 1, 1, k)
-    pad = (padding, 0) if dim == 1 else (0, padding)
-    return F.conv2d(x.permute(0, 3, 1, 2), w, groups=c, padding=pad).permute(0, 2, 3, 1)
-
-
-def _filter_axis(x: Tensor, weights: Tensor, dim: int) -> Tensor:
-    """Correlate every channel of ``x [1, H, W, C]`` along ``dim`` (1 = rows, 2 = columns)
-    with its own 1-D kernel ``weights [C, K]``, half-sample symmetric borders like scipy's
-    ``mode="reflect"``."""
-    r = (weights.shape[1] - 1) // 2
-    n = x.shape[dim]
-    if r == 0:
-        return _depthwise(x, weights, dim, padding=0)
-    if r > n:  # tiny images: the reflection repeats, pad the whole axis
-        return _depthwise(_pad_symmetric(x, r, dim), weights, dim, padding=0)
-    # Zero-padded convolution (no padded copy of the image), then add what the mirrored
-    # samples contribute to the r outputs at each end. At the start, output a reads mirrored
-    # sample r-1-a-j through tap j (a + j < r); with z = the first r samples reversed, that
-    # is sum_j w[j] z[a + j]: a short one-sided correlation of z with the first r taps. The
-    # end is the same with the last r taps. (A padded copy of every image cost more, and a
-    # batched matrix product for the ends ran 20x slower with 2 threads on real images.)
-    y = _depthwise(x, weights, dim, padding=r)
-    pad = [0, 0] * (x.ndim - 1 - dim) + [0, r - 1]
-    head = F.pad(x.narrow(dim, 0, r).flip(dim), pad)
-    y.narrow(dim, 0, r).add_(_depthwise(head, weights[:, :r], dim, padding=0))
-    pad = [0, 0] * (x.ndim - 1 - dim) + [r - 1, 0]
-    tail = F.pad(x.narrow(dim, n - r, r).flip(dim), pad)
-    y.narrow(dim, n - r, r).add_(_depthwise(tail, weights[:, r + 1 :], dim, padding=0))
-    return y
-
-
-def _scaled_hessian(x: Tensor, sigma: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``sigma**2`` times the Hessian ``(Hrr, Hrc, Hcc)`` of ``x [1, H, W, B]`` at scale
-    ``sigma``, each returned transposed as ``[1, W, H, B]``.
-
-    skimage filters twice per axis with first-order kernels (G = Gaussian, D = derivative):
-    ``Hrr = Drow Drow Gcol Gcol``, ``Hrc = (Grow Drow)(Dcol Gcol)``, ``Hcc = Grow Grow Dcol Dcol``.
-    Filters along different axes commute exactly, so the three components run as three
-    channels per image through four depthwise passes; each pass applies symmetric borders
-    anew as scipy does, which keeps the image edges identical to skimage.
-    """
-    b = x.shape[-1]
-    k = torch.as_tensor(_hessian_kernels(sigma), dtype=x.dtype, device=x.device)
-    g, d = k[0], k[1]
-
-    def per_image(*kernels: Tensor) -> Tensor:  # [3B, K], channels ordered (component, image)
-        return torch.stack(kernels).repeat_interleave(b, dim=0)
-
-    # Component-major channels: each component is a run of B channels, which keeps the
-    # elementwise eigenvalue maths below vectorised.
-    # Filtering along W (1 x K kernels) ran ~1.6x faster than along H, so the columns are
-    # filtered first, the stack is transposed once, and the rows are filtered along W too.
-    h = x.repeat(1, 1, 1, 3)  # [1, H, W, 3B]
-    h = _filter_axis(h, per_image(g, g, d), dim=2)  # columns: G, G, D
-    # The second column pass also applies Sato's sigma**2 normalisation (free in the kernel).
-    h = _filter_axis(h, per_image(g, d, d) * (sigma * sigma), dim=2)  # columns: GG, DG, DD
-    h = h.transpose(1, 2).contiguous()  # [1, W, H, 3B]
-    h = _filter_axis(h, per_image(d, d, g), dim=2)  # rows: D, D, G
-    h = _filter_axis(h, per_image(d, g, g), dim=2)  # rows: DD, GD, GG
-    return h[..., :b], h[..., b : 2 * b], h[..., 2 * b :]
-
-
-def vesselness(
-    x: Tensor,
-    sigmas: Sequence[float] = (1, 2, 3, 4),
-    black_ridges: bool = True,
-) -> Tensor:
-    """Sato tubeness of a batch of grey images, matching ``skimage.filters.sato``.
-
-    Args:
-        x: images ``[B, 1, H, W]``, floating point (any range; [0, 1] for X-rays).
-        sigmas: Gaussian scales in pixels; the response is the maximum over them.
-        black_ridges: True for dark tubes on a bright background (contrast-filled vessels
-            in angiograms), False for bright tubes.
-
-    Returns:
-        ``[B, 1, H, W]`` non-negative response, same device and dtype as ``x``
-        (half precision is computed in float32 and cast back).
-    """
-    _check_image_batch(x, "x")
-    sig = _check_sigmas(sigmas)
-    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    if not black_ridges:
-        work = -work
-    b, _, h, w = work.shape
-    work = work.reshape(b, h, w).permute(1, 2, 0).unsqueeze(0).contiguous()  # [1, H, W, B]
-    out = work.new_zeros(1, w, h, b)
-    for sigma in sig:  # a per-sigma loop: kernel lengths differ, the batch is vectorised
-        hrr, hrc, hcc = _scaled_hessian(work, sigma)
-        # Largest eigenvalue of [[hrr, hrc], [hrc, hcc]] (skimage's closed form); taking the
-        # max with out >= 0 also clips negative eigenvalues to 0 as Sato does.
-        half_diff = (hrr - hcc).mul_(0.5)
-        root = half_diff.mul_(half_diff).addcmul_(hrc, hrc).sqrt_()  # no overflow at these scales
-        lam1 = (hrr + hcc).mul_(0.5).add_(root)
-        out = torch.maximum(out, lam1)
-    return out[0].permute(2, 1, 0).reshape(b, 1, h, w).to(x.dtype).contiguous()  # out is [1, W, H, B]
+PRESETS = ("official", "priormim")
+# What each preset does when ``keep`` / ``collimator`` are not given (see :func:`vessel_mask`).
+PRESET_DEFAULTS: dict[str, dict[str, object]] = {
+    "official": {"keep": "seeded", "collimator": False},
+    "priormim": {"keep": "strongest", "collimator": True},
+}
 
 
 def _running_max(x: Tensor, size: int, dim: int) -> Tensor:
@@ -244,86 +86,6 @@ def _percentile_rows(flat: Tensor, percentile: float) -> Tensor:
         return v_lo
     v_hi = flat.kthvalue(lo + 2, dim=1).values
     return v_lo + frac * (v_hi - v_lo)
-
-
-def _labels_torch(mask: Tensor, max_iter: int) -> Tensor:
-    """Batched label equivalence (Hawick et al. 2010, with max instead of min) in torch.
-
-    Each mask pixel starts with its own label (flat index + 1). One round: every pixel
-    looks at the largest label among its 8 neighbours; where that is larger, the pixel the
-    current label names (its "root") takes it (scatter-max), so whole trees merge at once;
-    then every pixel chases root pointers until nothing changes. Thin vessel trees settle
-    in about 5 rounds instead of the hundreds a plain max-pool flood fill needs.
-    """
-    b, _, h, w = mask.shape
-    n = h * w
-    # Labels live in float (max_pool2d has no integer kernel) and are exact below 2**24.
-    dtype = torch.float32 if n < 2**24 else torch.float64
-    # Slot 0 of every row is a sentinel 0 so that label 0 (background) points at itself.
-    maskf = torch.cat([mask.new_zeros(b, 1), mask.reshape(b, n)], dim=1).to(dtype)
-    labels = torch.arange(n + 1, device=mask.device, dtype=dtype).expand(b, n + 1) * maskf
-    for _ in range(max_iter):
-        grid = labels[:, 1:].reshape(b, 1, h, w)
-        pooled = F.max_pool2d(grid, kernel_size=3, stride=1, padding=1).reshape(b, n)
-        neigh = torch.cat([labels[:, :1], pooled], dim=1) * maskf
-        if torch.equal(neigh, labels):
-            break
-        # Merge at the roots, then take the neighbours' labels locally as well.
-        roots = labels.scatter_reduce(1, labels.long(), neigh, reduce="amax")
-        labels = torch.maximum(roots, neigh)
-        for _ in range(max_iter):  # pointer jumping to the roots
-            jumped = torch.maximum(labels, labels.gather(1, labels.long()))
-            if torch.equal(jumped, labels):
-                break
-            labels = jumped
-    return labels[:, 1:].reshape(b, 1, h, w).long()
-
-
-def _labels_scipy(mask: Tensor) -> Tensor:
-    """Same labels as :func:`_labels_torch` from ``scipy.ndimage.label``, one image at a time.
-
-    On CPU this C union-find is 10-100x faster than any batched tensor propagation, so it
-    is the default there; the per-image loop only runs over the batch, not over pixels.
-    """
-    b, _, h, w = mask.shape
-    arr = mask.reshape(b, h, w).cpu().numpy()
-    out = np.zeros((b, h * w), dtype=np.int64)
-    structure = np.ones((3, 3), dtype=bool)  # 8-connectivity
-    for i in range(b):
-        lab, count = ndi.label(arr[i], structure=structure)
-        if count:
-            flat = lab.ravel()
-            # Relabel each component as 1 + its largest flat index, as the torch path does.
-            last = np.zeros(count + 1, dtype=np.int64)
-            np.maximum.at(last, flat, np.arange(1, h * w + 1))
-            last[0] = 0
-            out[i] = last[flat]
-    return torch.from_numpy(out).view(b, 1, h, w).to(mask.device)
-
-
-def component_labels(mask: Tensor, method: str = "auto", max_iter: int | None = None) -> Tensor:
-    """8-connected component labels of a batch of masks.
-
-    Args:
-        mask: ``bool [B, 1, H, W]``.
-        method: ``"torch"`` (batched label propagation on the mask's device), ``"scipy"``
-            (``scipy.ndimage.label`` per image on CPU) or ``"auto"``: scipy for CPU tensors,
-            torch otherwise (GPU).
-        max_iter: safety bound on propagation rounds (default ``H * W``, never reached).
-
-    Returns:
-        ``int64 [B, 1, H, W]`` on the mask's device: 0 off the mask; on it, 1 + the largest
-        flat index ``row * W + col`` of the pixel's component (the same for both methods).
-    """
-    if mask.ndim != 4 or mask.shape[1] != 1 or mask.dtype != torch.bool:
-        raise ValueError(f"mask must be bool [B, 1, H, W], got {mask.dtype} {tuple(mask.shape)}")
-    if method == "auto":
-        method = "scipy" if mask.device.type == "cpu" else "torch"
-    if method == "scipy":
-        return _labels_scipy(mask)
-    if method == "torch":
-        return _labels_torch(mask, max_iter or mask.shape[-1] * mask.shape[-2])
-    raise ValueError(f"method must be 'auto', 'torch' or 'scipy', got {method!r}")
 
 
 def collimator_mask(
@@ -395,6 +157,43 @@ def collimator_mask(
     return coll
 
 
+def _check_keep(keep: str) -> None:
+    if keep not in KEEP_MODES:
+        raise ValueError(f"keep must be one of {KEEP_MODES}, got {keep!r}")
+
+
+def _zero_border(x: Tensor, border: int) -> Tensor:
+    """``x [B, 1, H, W]`` with a frame of :func:`effective_border` pixels set to 0 / False."""
+    h, w = x.shape[-2:]
+    e = effective_border(border, h, w)
+    if e == 0:
+        return x
+    frame = torch.ones(h, w, dtype=torch.bool, device=x.device)
+    frame[e : h - e, e : w - e] = False
+    return x.masked_fill(frame, 0)
+
+
+def _select_components(mask: Tensor, score: Tensor, keep: str, *, connectivity: int, method: str) -> Tensor:
+    """Keep components of ``mask [B, 1, H, W]`` by ``keep`` (see :func:`threshold_vesselness`),
+    with ``score [B, H*W]`` the response; returns ``bool [B, 1, H, W]``."""
+    if keep == "all":
+        return mask
+    b, _, h, w = mask.shape
+    labels = component_labels(mask, method=method, connectivity=connectivity).view(b, h * w)
+    on = mask.view(b, h * w)
+    if keep == "seeded":  # argmax returns the first maximum in row-major order
+        seed = torch.where(on, score, torch.full_like(score, -math.inf)).argmax(dim=1, keepdim=True)
+        chosen = labels.gather(1, seed)  # 0 when the mask is empty
+    else:  # per-component totals in one batched scatter; argmax takes the smallest label on ties
+        weight = score if keep == "strongest" else torch.ones_like(score)
+        weight = torch.where(on, weight, torch.zeros_like(weight))
+        totals = torch.zeros(b, h * w + 1, dtype=weight.dtype, device=weight.device)
+        totals.scatter_add_(1, labels, weight)
+        totals[:, 0] = 0
+        chosen = totals.argmax(dim=1, keepdim=True)
+    return ((labels == chosen) & (chosen > 0)).view(b, 1, h, w)
+
+
 def threshold_vesselness(
     response: Tensor,
     *,
@@ -404,7 +203,7 @@ def threshold_vesselness(
     exclude: Tensor | None = None,
     method: str = "auto",
 ) -> Tensor:
-    """Turn a vesselness response into a vessel mask.
+    """Turn a vesselness response into a vessel mask (the ``priormim`` preset's rule).
 
     Steps, per image: set the response to 0 where ``exclude`` is True (e.g.
     :func:`collimator_mask`); keep pixels strictly above the ``percentile``-th percentile
@@ -433,65 +232,134 @@ def threshold_vesselness(
     _check_image_batch(response, "response")
     if not 0 <= percentile < 100:
         raise ValueError(f"percentile must be in [0, 100), got {percentile}")
-    if keep not in KEEP_MODES:
-        raise ValueError(f"keep must be one of {KEEP_MODES}, got {keep!r}")
+    _check_keep(keep)
     b, _, h, w = response.shape
     if exclude is not None:
         response = response.masked_fill(exclude.to(device=response.device, dtype=torch.bool), 0.0)
     flat = response.reshape(b, h * w)
     thr = _percentile_rows(flat, float(percentile))
-    mask = (flat > thr[:, None]).view(b, 1, h, w)
-    e = effective_border(border, h, w)
-    if e > 0:
-        frame = torch.ones(h, w, dtype=torch.bool, device=response.device)
-        frame[e : h - e, e : w - e] = False
-        mask = mask & ~frame
-    if keep == "all":
-        return mask
-    labels = component_labels(mask, method=method).view(b, h * w)
-    if keep == "seeded":
-        score = torch.where(mask.view(b, h * w), flat, torch.full_like(flat, -math.inf))
-        seed = score.argmax(dim=1, keepdim=True)
-        chosen = labels.gather(1, seed)  # 0 when the mask is empty
-    else:  # per-component totals in one batched scatter; argmax takes the smallest label on ties
-        weight = flat if keep == "strongest" else torch.ones_like(flat)
-        weight = torch.where(mask.view(b, h * w), weight, torch.zeros_like(weight))
-        totals = torch.zeros(b, h * w + 1, dtype=weight.dtype, device=weight.device)
-        totals.scatter_add_(1, labels, weight)
-        totals[:, 0] = 0
-        chosen = totals.argmax(dim=1, keepdim=True)
-    return ((labels == chosen) & (chosen > 0)).view(b, 1, h, w)
+    mask = _zero_border((flat > thr[:, None]).view(b, 1, h, w), border)
+    return _select_components(mask, flat, keep, connectivity=8, method=method)
+
+
+def official_threshold(
+    response: Tensor,
+    *,
+    percentile: float = 92,
+    border: int = 20,
+    keep: str = "seeded",
+    exclude: Tensor | None = None,
+    method: str = "auto",
+) -> Tensor:
+    """Turn a Sato response in 8-bit grey levels into a vessel mask, as the official VasoMIM
+    code does (``frangi_filter.py`` of XA-SSL with ``border=20``, ``percentile=92``).
+
+    Steps, per image: truncate the response to whole grey levels in ``[0, 255]`` (numpy's
+    ``astype(np.uint8)``); set it to 0 where ``exclude`` is True (the official code has no
+    such step: pass None); clear a frame of :func:`effective_border` pixels (the whole
+    ``border`` on images of at least ``4 * border + 1`` pixels a side); keep the non-zero
+    pixels at or above (``>=``) the ``percentile``-th percentile of the border-cleared
+    image; then filter 4-connected components by ``keep`` (see
+    :func:`threshold_vesselness`). ``"seeded"`` is the official region growing: the
+    component that holds the first (row-major) pixel of the largest value.
+
+    Args:
+        response: ``[B, 1, H, W]`` floating point, the Sato response of images in grey
+            levels ``0..255`` (not ``[0, 1]``).
+        percentile, border, exclude, method: see :func:`threshold_vesselness`.
+        keep: one of :data:`KEEP_MODES`, default ``"seeded"``.
+
+    Returns:
+        ``bool [B, 1, H, W]`` on the response's device.
+    """
+    _check_image_batch(response, "response")
+    if not 0 <= percentile < 100:
+        raise ValueError(f"percentile must be in [0, 100), got {percentile}")
+    _check_keep(keep)
+    b, _, h, w = response.shape
+    # float64 holds every grey level exactly, so the percentile interpolates as numpy does.
+    levels = response.double().clamp(0, 255).floor_()
+    if exclude is not None:
+        levels = levels.masked_fill(exclude.to(device=response.device, dtype=torch.bool), 0.0)
+    flat = _zero_border(levels, border).reshape(b, h * w)
+    thr = _percentile_rows(flat, float(percentile))
+    mask = ((flat >= thr[:, None]) & (flat > 0)).view(b, 1, h, w)
+    return _select_components(mask, flat, keep, connectivity=4, method=method)
+
+
+def _grey_level_vesselness(x: Tensor, sigmas: Sequence[float], black_ridges: bool) -> Tensor:
+    """Sato response of ``x [B, 1, H, W]`` in ``[0, 1]`` after quantising it to 8-bit grey
+    levels (as :func:`priormim.io.to_uint8`: ``round(x * 255)`` clipped to ``0..255``), in
+    grey-level units, float64 ``[B, 1, H, W]``.
+
+    Truncating to whole levels afterwards makes values within rounding error of an integer
+    matter. On CUDA the filter runs in float64 (equal to scikit-image's float64 result on
+    all 40 DCA1 images). On CPU torch's float64 convolutions are ~40x slower than float32,
+    so it runs in float32 on the levels shifted by -128 (Sato ignores constant offsets;
+    smaller magnitudes halve the rounding error): on DCA1, 1 pixel in 3.6 million lands one
+    level off scikit-image's.
+    """
+    levels = torch.round(x.double() * 255.0).clamp_(0, 255)
+    if x.device.type == "cuda":
+        work = levels
+    else:
+        work = (levels - 128.0).float()
+    return vesselness(work, sigmas=sigmas, black_ridges=black_ridges).double()
 
 
 def vessel_mask(
     x: Tensor,
     percentile: float = 92,
     border: int = 20,
-    keep: str = "strongest",
+    keep: str | None = None,
     sigmas: Sequence[float] = (1, 2, 3, 4),
     black_ridges: bool = True,
-    collimator: bool = True,
+    collimator: bool | None = None,
     method: str = "auto",
+    *,
+    preset: str = "official",
 ) -> Tensor:
-    """Binary vessel prior of a batch of angiograms: :func:`vesselness`, responses next to
-    the collimator dropped (:func:`collimator_mask`, margin ``ceil(2 * max(sigmas))``), then
-    :func:`threshold_vesselness`.
+    """Binary vessel prior of a batch of angiograms.
+
+    Two recipes (:data:`PRESETS`):
+
+    * ``"official"`` (default): the official VasoMIM code (XA-SSL ``frangi_filter.py``).
+      The images are quantised to 8-bit grey levels (``round(x * 255)``, as
+      :func:`priormim.io.to_uint8` does, so 16-bit and DICOM inputs are reduced to 8 bits
+      first, like the official ``PIL convert('L')``), filtered by :func:`vesselness` in grey
+      levels, then :func:`official_threshold`: the response truncated to whole levels, the
+      border cleared, ``>=`` the percentile, and the 4-connected component of the strongest
+      pixel.
+    * ``"priormim"``: :func:`vesselness` of the ``[0, 1]`` images, responses next to the
+      collimator dropped (:func:`collimator_mask`, margin ``ceil(2 * max(sigmas))``), then
+      :func:`threshold_vesselness`: ``>`` the percentile of the whole image, border cleared
+      afterwards, the 8-connected component with the largest summed response.
 
     Args:
         x: images ``[B, 1, H, W]`` floating point in ``[0, 1]``.
-        percentile, border, keep: see :func:`threshold_vesselness`.
+        percentile, border: see :func:`threshold_vesselness`.
+        keep: one of :data:`KEEP_MODES`; None takes the preset's (``"seeded"`` for
+            official, ``"strongest"`` for priormim, see :data:`PRESET_DEFAULTS`).
         sigmas, black_ridges: see :func:`vesselness`.
-        collimator: ignore responses at flat frame-touching regions (default True).
+        collimator: ignore responses at flat frame-touching regions; None takes the
+            preset's (False for official, True for priormim).
         method: connected-component backend, see :func:`component_labels`.
+        preset: ``"official"`` or ``"priormim"``.
 
     Returns:
         ``bool [B, 1, H, W]`` on ``x``'s device.
     """
-    response = vesselness(x, sigmas=sigmas, black_ridges=black_ridges).float()
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    _check_image_batch(x, "x")
+    keep = str(PRESET_DEFAULTS[preset]["keep"]) if keep is None else keep
+    collimator = bool(PRESET_DEFAULTS[preset]["collimator"]) if collimator is None else collimator
     exclude = None
     if collimator:
         margin = int(math.ceil(2 * max(float(s) for s in sigmas)))
         exclude = collimator_mask(x.float(), margin=margin, method=method)
-    return threshold_vesselness(
-        response, percentile=percentile, border=border, keep=keep, exclude=exclude, method=method
-    )
+    kw = dict(percentile=percentile, border=border, keep=keep, exclude=exclude, method=method)
+    if preset == "official":
+        return official_threshold(_grey_level_vesselness(x, sigmas, black_ridges), **kw)
+    response = vesselness(x, sigmas=sigmas, black_ridges=black_ridges).float()
+    return threshold_vesselness(response, **kw)
