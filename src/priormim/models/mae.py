@@ -17,6 +17,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from priormim.masking import mask_to_indices, random_mask
+from priormim.models.vit_names import require_vit
 
 
 def patchify(imgs: Tensor, patch_size: int) -> Tensor:
@@ -74,8 +75,10 @@ def create_pretrain_encoder(
 ) -> nn.Module:
     """The head-less timm ``VisionTransformer`` every pretraining model here trains.
 
-    Raises ValueError when ``encoder_name`` is not a ViT with a fixed patch grid.
+    Raises UserError when ``encoder_name`` is not a timm ViT (checked before building), and
+    ValueError when the ViT has no fixed patch grid.
     """
+    require_vit(encoder_name)
     encoder = timm.create_model(
         encoder_name,
         pretrained=False,
