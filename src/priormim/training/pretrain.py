@@ -37,6 +37,7 @@ from priormim.losses import consistency_loss, denormalize_prediction, freeze, ma
 from priormim.masking import MaskingContext, MaskingStrategy, build_masking, patch_prob_from_prior
 from priormim.models.export import export_encoder
 from priormim.models.mae import MaskedAutoencoder
+from priormim.models.run import mae_kwargs
 from priormim.models.zoo import ZOO_MODELS, ZooPretrainer
 from priormim.training import distributed as D
 from priormim.training.checkpoint import (
@@ -115,18 +116,7 @@ def _build_zoo_model(cls: type[ZooPretrainer], cfg: PretrainConfig) -> ZooPretra
 
 
 def _mae_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
-    m = cfg.model
-    return dict(
-        encoder_name=m.encoder,
-        img_size=m.img_size,
-        in_chans=m.in_chans,
-        encoder_kwargs=m.encoder_kwargs,
-        decoder_embed_dim=m.decoder_embed_dim,
-        decoder_depth=m.decoder_depth,
-        decoder_num_heads=m.decoder_num_heads,
-        norm_pix_loss=m.norm_pix_loss,
-        drop_path_rate=m.drop_path_rate,
-    )
+    return mae_kwargs(cfg)  # in the models layer so MaskedAutoencoder.from_run can rebuild runs
 
 
 def build_masking_strategy(cfg: PretrainConfig) -> MaskingStrategy:
