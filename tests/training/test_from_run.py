@@ -44,3 +44,25 @@ def test_from_run_names_the_missing_file(tmp_path, vasomim_run):
         MaskedAutoencoder.from_run(tmp_path)
     with pytest.raises(UserError, match="checkpoint does not exist"):
         MaskedAutoencoder.from_run(vasomim_run / "run", checkpoint=tmp_path / "nope.ckpt")
+
+
+def test_visualize_cli_draws_shared_scale_panels(vasomim_run, tmp_path):
+    from priormim.cli import main
+    from priormim.evaluation.visualize import compute_run_visuals
+
+    v = compute_run_visuals(vasomim_run / "run", vasomim_run / "xca" / "images", n=2)
+    assert v.image.shape == v.recon.shape == v.mask.shape == (2, 1, 32, 32)
+    assert 0 <= float(v.recon.min()) and float(v.recon.max()) <= 1
+    assert v.seg_image is not None and v.seg_recon.shape == (2, 1, 32, 32)  # VasoMIM trained a segmentor
+    assert v.prior_source.startswith("cached")  # the run's own prior cache, next to the images
+    assert 0 < float(v.mask.mean()) < 1
+    assert main(["visualize", "--run", str(vasomim_run / "run"), "--images", str(vasomim_run / "xca" / "images"),
+                 "--out", str(tmp_path / "vis"), "--n", "2"]) == 0
+    png = tmp_path / "vis" / "reconstructions.png"
+    assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_visualize_refuses_a_folder_that_is_not_a_run(tmp_path):
+    from priormim.cli import main
+
+    assert main(["visualize", "--run", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path / "o")]) == 2

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "baseline",
     "predict",
     "bench",
+    "visualize",
 )
 
 
