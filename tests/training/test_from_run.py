@@ -39,6 +39,14 @@ def test_from_run_restores_the_trained_weights(vasomim_run):
     assert out.pred.shape == (2, 64, 16)
 
 
+def test_runs_log_the_share_of_vessel_patches(vasomim_run):
+    import json
+
+    # the random-masking reference of the figures: vessel patches among all patches of the batches
+    hist = json.loads((vasomim_run / "run" / "history.json").read_text())
+    assert 0 < hist[0]["vessel_patch_share"] < 1
+
+
 def test_from_run_names_the_missing_file(tmp_path, vasomim_run):
     with pytest.raises(UserError, match="has no config.yaml"):
         MaskedAutoencoder.from_run(tmp_path)
