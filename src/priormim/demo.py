@@ -170,7 +170,7 @@ def make_pretraining_figures(out, runs, histories, scale, train_dir, prior_dir, 
     from priormim.data.pretrain import PretrainDataset, eval_transform
     from priormim.evaluation.figures import (
         loss_curves, mask_to_image, masking_frequency, masking_frequency_figure, reconstruct,
-        reconstruction_grid, vessel_share_curve,
+        reconstruction_grid, stage_epochs, vessel_share_curve,
     )
     from priormim.masking import MaskingContext, patch_prob_from_prior
     from priormim.priors.cache import load_prior
@@ -185,7 +185,7 @@ def make_pretraining_figures(out, runs, histories, scale, train_dir, prior_dir, 
                loss_curves(histories, fig_dir / "loss_curves.png")]
     rows = {}
     freqs = {}
-    stages = [0.0, 0.5, 1.0]
+    stages = stage_epochs(scale.pretrain_epochs)  # distinct epochs and their schedule progress
     for name, run_dir in runs.items():
         ckpt = load_checkpoint(run_dir / "last.ckpt")
         cfg = _from_dict(PretrainConfig, ckpt["config"], "", str(run_dir))
@@ -208,13 +208,13 @@ def make_pretraining_figures(out, runs, histories, scale, train_dir, prior_dir, 
         for i in range(min(2, len(items))):
             rows[f"{name} #{i}"] = {"image": to01(imgs[i]), "prior": priors[i], "mask_image": mimg[i], "recon": to01(recon[i])}
         freqs[name] = masking_frequency(strategy, priors[:1], patch_size=model.patch_size, grid_size=model.grid_size,
-                                        progress_values=stages, draws=256, seed=seed)
+                                        progress_values=[p for _, p in stages], draws=256, seed=seed)
         first_image = to01(imgs[0])[0].numpy()
         first_prior = priors[0, 0].numpy()
     figures.append(reconstruction_grid(rows, fig_dir / "reconstructions.png",
                                        title="final-epoch masks (beta at its end value)"))
     figures.append(masking_frequency_figure(first_image, first_prior, freqs,
-                                            [f"epoch {int(round(s * (scale.pretrain_epochs - 1))) + 1}" for s in stages],
+                                            [f"epoch {e}" for e, _ in stages],
                                             fig_dir / "masking_frequency.png"))
     return figures
 

@@ -84,6 +84,11 @@ def test_finetune_seg_predict_evaluate_end_to_end(tmp_path, capsys):
         m = json.loads((tmp_path / "ev" / f"seed{seed}" / "metrics.json").read_text())
         assert m["test"]["summary"]["dice"]["n"] == 2 and m["seed"] == seed
     assert (tmp_path / "ev" / "results.md").is_file()
+    assert "training or validation images" not in (tmp_path / "ev" / "results.md").read_text()  # another folder
+    # evaluating on the training folder is flagged (split.json), not silently scored
+    assert main(["evaluate", "--model", str(out / "seed0"), "--test", str(train), "--out", str(tmp_path / "ev_train")]) == 0
+    md = (tmp_path / "ev_train" / "results.md").read_text()
+    assert "**Warning:** seed0: 5 of 5 images were this model's training or validation images" in md
 
 
 def test_unet_and_baseline_share_the_results_format(tmp_path):

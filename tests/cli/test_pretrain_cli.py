@@ -40,7 +40,10 @@ def test_pretrain_vasomim_skips_corrupt_image_then_export_loads_in_timm(data, tm
     assert not (data / "priors" / "vessel" / "broken.png").exists()  # skipped, not cached
     assert (run / "segmentor.safetensors").exists()
     out = tmp_path / "exported.safetensors"
-    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    assert main(["export", "--run", str(run), "--out", str(out), "--hub", str(tmp_path / "hub")]) == 0
+    assert "priormim.load_encoder(" in capsys.readouterr().out
+    hub = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True)  # offline, timm alone
+    assert timm.data.resolve_model_data_config(hub)["input_size"] == (1, 32, 32)
     enc = timm.create_model("vit_tiny_patch16_224", pretrained=True, in_chans=1, num_classes=0, img_size=32,
                             patch_size=4, depth=2, embed_dim=32, num_heads=2,
                             pretrained_cfg_overlay=dict(file=str(out)))

@@ -59,6 +59,15 @@ def vessel_share_curves(histories: dict[str, list[list[dict]]]) -> dict[str, np.
     return out
 
 
+def random_masking_reference(histories: dict[str, list[list[dict]]]) -> float | None:
+    """Share of vessel patches among all patches of the pretraining batches (``vessel_patch_share``
+    in the logs, averaged over methods, seeds and epochs): the masked-vessel share uniform random
+    masking gives on average. None when no history logs it or no run had a vessel prior."""
+    from priormim.evaluation.figures import random_masking_reference as per_run_reference
+
+    return per_run_reference({f"{m}/{i}": hist for m, per_seed in histories.items() for i, hist in enumerate(per_seed)})
+
+
 # ----------------------------------------------------------------------------------------------
 # (b) masking frequency
 

@@ -88,10 +88,17 @@ def ablation_figure(stats: dict[tuple[str, str, str], Stat], ablation: dict[str,
     return _save(fig, path)
 
 
-def vessel_share_figure(curves: dict[str, np.ndarray], path: Path) -> Path:
-    """Share of masked patches containing vessel per epoch: mean over seeds, band = min..max."""
+def vessel_share_figure(curves: dict[str, np.ndarray], path: Path, *, random_reference: float | None = None) -> Path:
+    """Share of masked patches containing vessel per epoch: mean over seeds, band = min..max.
+
+    ``random_reference``: the share of vessel patches among all patches of the pretraining data
+    (what uniform random masking gives on average), drawn as a dashed line when given.
+    """
     colors = method_colors(list(curves))
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    if random_reference is not None:
+        ax.axhline(random_reference, color="0.35", ls="--", lw=1,
+                   label=f"random masking, expected ({random_reference:.2f} = vessel patches / all patches)")
     for method, arr in curves.items():
         ep = np.arange(1, arr.shape[1] + 1)
         ax.plot(ep, arr.mean(0), marker="o" if arr.shape[1] < 15 else None, ms=3, color=colors[method], label=label(method))
@@ -184,11 +191,23 @@ def pca_figure(points: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, 
     return _save(fig, path)
 
 
+OUTCOME_COLORS = {"hit (vessel found)": (1, 1, 1), "false positive": (0.9, 0.2, 0.2), "missed vessel": (0.25, 0.45, 1.0)}
+
+
+def outcome_legend(fig) -> None:
+    """The legend of outcome-coloured prediction panels, below the panels."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=c, edgecolor="0.5", label=name) for name, c in OUTCOME_COLORS.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
+
+
 def predictions_figure(rows: list[dict], methods: Sequence[str], path: Path, *, title: str = "") -> Path:
     """Per test image: image, ground truth, then each method's prediction coloured by outcome
-    (white = hit, red = false positive, blue = missed vessel)."""
+    (white = hit, red = false positive, blue = missed vessel; legend below), test DSC under each panel."""
     cols = 2 + len(methods)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.45 * cols, 1.5 * len(rows) + 0.3), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(max(1.45 * cols, 5.5), 1.5 * len(rows) + 0.6), squeeze=False,
+                             layout="constrained")
     for r, row in enumerate(rows):
         gt = row["mask"]
         axes[r, 0].imshow(row["image"], cmap="gray")
@@ -200,9 +219,10 @@ def predictions_figure(rows: list[dict], methods: Sequence[str], path: Path, *, 
                 ax.axis("off")
                 continue
             rgb = np.zeros((*gt.shape, 3))
-            rgb[pred & gt] = (1, 1, 1)
-            rgb[pred & ~gt] = (0.9, 0.2, 0.2)
-            rgb[~pred & gt] = (0.25, 0.45, 1.0)
+            hit, false_pos, missed = OUTCOME_COLORS.values()
+            rgb[pred & gt] = hit
+            rgb[pred & ~gt] = false_pos
+            rgb[~pred & gt] = missed
             ax.imshow(rgb)
             if "dice" in row and method in row["dice"]:
                 ax.set_xlabel(f"{row['dice'][method]:.2f}", fontsize=7, labelpad=1)
@@ -212,7 +232,6 @@ def predictions_figure(rows: list[dict], methods: Sequence[str], path: Path, *, 
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.suptitle((f"{title}; " if title else "") + "number under a prediction: its DSC", fontsize=9)
+    outcome_legend(fig)
     return _save(fig, path)

@@ -582,10 +582,11 @@ def write_report(out: str | Path) -> Path:
             f["ablation"] = FIG.ablation_figure(res.stats, ABLATION, dsn, fig_dir / "ablation.png")
     curves = A.vessel_share_curves(_histories(res))
     if curves:
-        f["vessel_share"] = FIG.vessel_share_figure(curves, fig_dir / "masked_vessel_share.png")
+        f["vessel_share"] = FIG.vessel_share_figure(curves, fig_dir / "masked_vessel_share.png",
+                                                    random_reference=A.random_masking_reference(_histories(res)))
     if masking:
         e = budget.pretrain_epochs
-        f["masking"] = FIG.masking_figure(examples, {r: m["maps"] for r, m in masking.items()}, ["epoch 1", f"epoch {e}"],
+        f["masking"] = FIG.masking_figure(examples, {r: m["maps"] for r, m in masking.items()}, ["schedule start", f"schedule end (epoch {e})"],
                                           fig_dir / "masking_frequency.png")
     if clustering:
         f["clustering"] = FIG.clustering_figure(res.cluster_stats, [RANDOM_INIT] + recipes, dsn, fig_dir / "clustering.png")

@@ -1,7 +1,8 @@
 """The ``priormim`` command line.
 
 Each sub-command lives in its own module with a ``register(subparsers)`` function that adds
-its parser and sets ``func``. User mistakes (:class:`UserError`) print one line and exit 2.
+its parser and sets ``func``. Those modules import heavy libraries (torch, scipy, numpy) inside
+their ``run`` functions only, so ``priormim --help`` and ``--version`` answer at once. User mistakes (:class:`UserError`) print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -25,13 +26,17 @@ COMMAND_MODULES = (
     "predict",
     "bench",
     "ingest",
+    "visualize",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from priormim import __version__
+
     parser = argparse.ArgumentParser(
         prog="priormim", description="Prior-guided masked image modeling on X-ray images."
     )
+    parser.add_argument("--version", action="version", version=f"priormim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:

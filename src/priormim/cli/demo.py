@@ -10,11 +10,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
         help="synthesise data, pretrain MAE and VasoMIM, fine-tune, and write figures and a table",
-        description="Runs on a fresh machine with no data in about 10 minutes on a 2-core CPU "
+        description="Runs on a fresh machine with no data in a few minutes on a 2-core CPU "
         "(uses a GPU when there is one). Re-running skips finished steps.",
     )
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    p.add_argument("--real", help="also score on a real segmentation folder (images/ + masks/), e.g. ../shared/data/xca_dca1")
+    p.add_argument("--real", help="also score on a real segmentation folder (images/ + masks/), e.g. DATA/xca_dca1")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for smoke tests")

@@ -10,6 +10,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a pretraining run's encoder (timm keys, safetensors)")
     p.add_argument("--run", required=True, help="pretraining run folder, or a .ckpt file")
     p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--hub", metavar="DIR", help="also write a Hugging Face Hub model folder (config.json + "
+                   "model.safetensors with input size and grey mean/std) that timm loads as local-dir:DIR")
     p.set_defaults(func=run)
 
 
@@ -32,4 +34,9 @@ def run(args: argparse.Namespace) -> int:
     model.load_state_dict(ckpt["model"])
     path = export_run_encoder(model, cfg, Path(args.out))
     print(f"exported the encoder of {ckpt_path} (epoch {ckpt['epoch'] + 1}) -> {path}")
+    if args.hub:
+        from priormim.models.hub import save_pretrained
+
+        print(f"Hub model folder -> {save_pretrained(path, args.hub)}")
+    print(f'load it with: priormim.load_encoder("{path}")')
     return 0

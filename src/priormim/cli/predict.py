@@ -7,8 +7,10 @@ import argparse
 import io
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported inside the functions: `priormim --help` stays light
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def overlay_rgb(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.6) -> np.ndarray:
     """Red vessels over the grey image: ``[H, W]`` in [0, 1] + ``bool [H, W]`` -> ``uint8 [H, W, 3]``."""
+    import numpy as np
+
     grey = np.clip(image, 0, 1)[..., None].repeat(3, axis=-1)
     red = np.array([1.0, 0.0, 0.0])
     out = np.where(mask[..., None], (1 - alpha) * grey + alpha * red, grey)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from priormim.priors.cache import compute_vessel_priors
-from priormim.priors.vessel import KEEP_MODES, PRESETS
+# Kept here, not imported from priormim.priors.vessel: that module imports torch and scipy, and
+# building the parser (``priormim --help``) must stay fast. tests/cli/test_lazy_imports.py checks
+# that the tuples agree.
+KEEP_MODES = ("strongest", "seeded", "largest", "all")
+PRESETS = ("official", "priormim")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -136,6 +139,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_vessel(args: argparse.Namespace) -> int:
     """Returns 0 when the job ran (failures are counted in the summary), 1 when every image failed."""
     from priormim.data.manifest import parse_shard
+    from priormim.priors.cache import compute_vessel_priors
 
     from priormim.data.manifest import is_manifest_path, read_manifest
 

@@ -10,10 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 
-import numpy as np
-
-from priormim.io import read_mask
-
 
 def _int_at_least(minimum: int):
     def parse(text: str) -> int:
@@ -29,7 +25,10 @@ def _int_at_least(minimum: int):
 
 
 def _run_xca(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from priormim.data.synth_xca import write_synthetic_xca
+    from priormim.io import read_mask
 
     paths = write_synthetic_xca(args.out, n=args.n, size=args.size, seed=args.seed)
     # Re-read the written masks: the summary then describes the files on disk.

@@ -42,33 +42,62 @@ def reconstruction_grid(
 ) -> Path:
     """One row per (method, image): columns image | prior | mask | reconstruction.
 
-    ``rows[name]`` holds ``image``, ``prior``, ``mask_image``, ``recon``: ``[1, H, W]`` tensors.
+    ``rows[name]`` holds ``image``, ``prior``, ``mask_image``, ``recon``: ``[1, H, W]`` tensors,
+    image and recon in the same intensity space. Image, masked input and reconstruction share one
+    grey scale (the images' min..max, colourbar), so reconstructions compare with the original;
+    the prior is a 0/1 map; hidden patches are blue (legend).
     """
+    from matplotlib.patches import Patch
+
     cols = ["image", "prior", "mask_image", "recon"]
-    labels = ["image", "vessel prior", "masked (grey = hidden)", "reconstruction"]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(8, 2.1 * len(rows)), squeeze=False)
+    labels = ["image", "vessel prior", "masked input", "reconstruction"]
+    images = torch.stack([row["image"].float().cpu() for row in rows.values()])
+    vmin, vmax = float(images.min()), float(images.max())
+    if vmax - vmin < 1e-6:
+        vmin, vmax = 0.0, 1.0
+    fig, axes = plt.subplots(len(rows), 4, figsize=(9, 2.1 * len(rows) + 0.6), squeeze=False, layout="constrained")
+    grey = None
     for r, (name, row) in enumerate(rows.items()):
         for c, key in enumerate(cols):
             ax = axes[r, c]
             img = row[key][0].cpu().numpy()
             if key == "mask_image":
-                shown = row["image"][0].cpu().numpy().copy()
-                shown[img > 0.5] = np.nan
-                ax.imshow(np.ma.masked_invalid(shown), cmap="gray")
-                ax.set_facecolor("0.6")
+                shown = np.ma.masked_where(img > 0.5, row["image"][0].cpu().numpy())
+                ax.set_facecolor("tab:blue")
+                ax.imshow(shown, cmap="gray", vmin=vmin, vmax=vmax)
+            elif key == "prior":
+                ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             else:
-                ax.imshow(img, cmap="gray")
+                grey = ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax)
             ax.set_xticks([]); ax.set_yticks([])
             if r == 0:
                 ax.set_title(labels[c], fontsize=9)
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
+    fig.colorbar(grey, ax=axes.ravel().tolist(), shrink=0.7, label="grey level (shared by image, masked input, reconstruction)")
+    fig.legend(handles=[Patch(color="tab:blue", label="hidden patch (masked)"),
+                        Patch(facecolor="white", edgecolor="0.5", label="vessel prior (white)")],
+               loc="outside lower left", ncol=2, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def stage_epochs(n_epochs: int, n_stages: int = 3) -> list[tuple[int, float]]:
+    """Distinct 1-based epochs spread over a run, with the masking schedule's progress at each.
+
+    Progress follows the pretraining loop (``(epoch - 1) / (n_epochs - 1)``; 1.0 for a one-epoch
+    run), so a panel labelled "epoch e" shows the masking of epoch e. A short run gives fewer
+    stages rather than repeated labels: 2 epochs -> ``[(1, 0.0), (2, 1.0)]``.
+    """
+    if n_epochs < 1 or n_stages < 1:
+        raise ValueError(f"need n_epochs >= 1 and n_stages >= 1, got {n_epochs}, {n_stages}")
+    if n_epochs == 1:
+        return [(1, 1.0)]
+    epochs = sorted({1 + round(i * (n_epochs - 1) / max(1, n_stages - 1)) for i in range(n_stages)})
+    return [(e, (e - 1) / (n_epochs - 1)) for e in epochs]
 
 
 @torch.no_grad()
@@ -100,6 +129,8 @@ def masking_frequency_figure(
     image: np.ndarray, prior: np.ndarray, freqs: dict[str, np.ndarray], stages: Sequence[str], path: str | Path
 ) -> Path:
     """Rows = methods, columns = training stages; each panel the per-patch masking frequency."""
+    if len(set(stages)) != len(stages):
+        raise ValueError(f"stage labels must differ, got {list(stages)}; see stage_epochs()")
     n = len(stages)
     fig, axes = plt.subplots(len(freqs), n + 1, figsize=(2.2 * (n + 1), 2.2 * len(freqs)), squeeze=False)
     for r, (name, f) in enumerate(freqs.items()):
@@ -122,9 +153,26 @@ def masking_frequency_figure(
     return Path(path)
 
 
-def vessel_share_curve(histories: dict[str, list[dict]], path: str | Path) -> Path:
-    """Share of masked patches that contain vessel, per epoch, one line per method."""
+def random_masking_reference(histories: dict[str, list[dict]]) -> float | None:
+    """Mean ``vessel_patch_share`` of the runs' logs: the share of vessel patches among all
+    patches, i.e. what uniform random masking gives on average. None when not logged."""
+    values = [h["vessel_patch_share"] for hist in histories.values() for h in hist if h.get("vessel_patch_share")]
+    return float(np.mean(values)) if values else None
+
+
+def vessel_share_curve(histories: dict[str, list[dict]], path: str | Path, *,
+                       random_reference: float | None = None) -> Path:
+    """Share of masked patches that contain vessel, per epoch, one line per method.
+
+    A dashed line marks what random masking gives on average (``random_reference``, by default
+    the share of vessel patches in the data as logged by the runs, see :func:`random_masking_reference`).
+    """
+    if random_reference is None:
+        random_reference = random_masking_reference(histories)
     fig, ax = plt.subplots(figsize=(5, 3.2))
+    if random_reference is not None:
+        ax.axhline(random_reference, color="0.35", ls="--", lw=1,
+                   label=f"random masking, expected ({random_reference:.2f})")
     for name, hist in histories.items():
         ep = [h["epoch"] + 1 for h in hist]
         ax.plot(ep, [h["masked_vessel_share"] for h in hist], marker="o", ms=3, label=name)

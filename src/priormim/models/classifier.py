@@ -26,6 +26,7 @@ from timm.models import VisionTransformer
 from torch import Tensor, nn
 
 from priormim.errors import UserError
+from priormim.models.vit_names import require_vit
 from priormim.models.seg import NormStats
 
 MODES = ("linear", "full")
@@ -199,6 +200,7 @@ def load_classifier(path: str | Path) -> tuple[VisionTransformer, ClassifierInfo
         raise UserError(f"is not a priormim classifier file ({exc}); pass the model.safetensors of a finetune run", path) from exc
     except Exception as exc:  # safetensors' own header errors
         raise UserError(f"cannot read as safetensors ({exc})", path) from exc
+    require_vit(info.model_name, path=path)
     model = timm.create_model(
         info.model_name, pretrained=False, in_chans=1, num_classes=0, img_size=info.img_size, **info.model_kwargs
     )

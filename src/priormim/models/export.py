@@ -1,11 +1,14 @@
 """Export an encoder as safetensors with timm's key names.
 
-The file loads into timm unchanged::
+Its metadata carries what a downstream run needs to rebuild and normalise inputs (timm name,
+``create_model`` kwargs including ``img_size``, grey-level mean/std). Load it with
+:func:`priormim.load_encoder` (a timm model whose ``pretrained_cfg`` has that input size and
+those statistics), or with timm alone::
 
-    timm.create_model(name, pretrained=True, in_chans=1, num_classes=0,
-                      pretrained_cfg_overlay=dict(file=PATH), **model_kwargs)
+    timm.create_model(name, pretrained=True, in_chans=1, num_classes=0, **model_kwargs,
+                      pretrained_cfg_overlay=dict(file=PATH, input_size=(1, S, S), mean=(m,), std=(s,)))
 
-and its metadata carries what a downstream run needs to rebuild and normalise inputs.
+(without ``input_size`` timm assumes 3 channels and refuses the one-channel patch embedding).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ which keeps guided, gaze and random masking interchangeable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import timm
@@ -17,6 +18,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from priormim.masking import mask_to_indices, random_mask
+from priormim.models.vit_names import require_vit
 
 
 def patchify(imgs: Tensor, patch_size: int) -> Tensor:
@@ -84,9 +86,11 @@ def create_pretrain_encoder(
     ``init="mae"`` makes it MAE's encoder (see :func:`mae_init_encoder`): fixed 2-D sin-cos
     position embedding without gradient and MAE's weight init; ``"sincos"`` only fixes the
     position embedding (MoCo v3's and I-JEPA's ViTs) and keeps timm's weight init; ``"timm"``
-    keeps timm's learnable trunc-normal position embedding. Raises ValueError when ``encoder_name`` is
-    not a ViT with a fixed patch grid, or for an unknown ``init``.
+    keeps timm's learnable trunc-normal position embedding. Raises UserError when
+    ``encoder_name`` is not a timm ViT (checked before building), and ValueError when the ViT
+    has no fixed patch grid, or for an unknown ``init``.
     """
+    require_vit(encoder_name)
     if init not in ENCODER_INITS:
         raise ValueError(f"encoder init must be one of {', '.join(ENCODER_INITS)}, got '{init}'")
     encoder = timm.create_model(
@@ -305,6 +309,21 @@ class MaskedAutoencoder(nn.Module):
         latent = self.forward_encoder(imgs, mask)
         pred, hidden = self.forward_decoder(latent, mask, return_hidden=return_hidden)
         return MAEOutput(pred=pred, mask=mask, latent=latent, decoder_hidden=hidden)
+
+    @classmethod
+    def from_run(cls, run: str | Path, *, checkpoint: str | Path | None = None) -> MaskedAutoencoder:
+        """The trained model of a ``priormim pretrain`` folder (``config.yaml`` + ``last.ckpt``), eval mode.
+
+        ``checkpoint`` picks another file of the run (e.g. ``RUN/checkpoint-0020.ckpt``). See
+        :func:`priormim.models.run.model_from_run`.
+        """
+        from priormim.errors import UserError
+        from priormim.models.run import model_from_run
+
+        model = model_from_run(run, checkpoint=checkpoint)
+        if not isinstance(model, cls):
+            raise UserError(f"the run holds a {type(model).__name__}, not a {cls.__name__}", run)
+        return model
 
     def config(self) -> dict:
         """Plain-data description used in checkpoints and exports."""

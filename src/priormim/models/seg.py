@@ -27,6 +27,7 @@ from timm.models import VisionTransformer
 from torch import nn
 
 from priormim.errors import UserError
+from priormim.models.vit_names import require_vit
 
 # Metadata keys written into exported encoder files (see ``priormim export``).
 META_MODEL_NAME = "priormim_model_name"
@@ -174,6 +175,7 @@ def create_vit_encoder(
     Raises UserError naming the file if it is missing or its keys/shapes do not match.
     """
     name, kwargs, meta = resolve_encoder_config(backbone, encoder_path=encoder_path, model_kwargs=model_kwargs)
+    require_vit(name, path=encoder_path)
     try:
         model = timm.create_model(
             name,

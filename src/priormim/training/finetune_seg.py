@@ -52,7 +52,14 @@ from priormim.io import atomic_write_bytes, read_gray, read_mask
 from priormim.losses.segmentation import bce_dice_loss
 from priormim.models.seg import NormStats, ViTSegmenter, create_vit_encoder, resolve_encoder_config
 from priormim.models.unet import UNet
-from priormim.training.results import ResultRow, aggregate_runs, read_metrics, write_results_table
+from priormim.training.results import (
+    ResultRow,
+    aggregate_runs,
+    prediction_notes,
+    read_metrics,
+    seen_in_training,
+    write_results_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +223,21 @@ class SegFinetuneConfig:
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise UserError(f"--threshold is a probability strictly between 0 and 1, got {self.threshold}")
         vit = self.model == "vit"
-        img_size = self.img_size or (224 if vit else 256)
+        meta = None
+        if vit and self.encoder is not None:
+            _, _, meta = resolve_encoder_config(self.backbone, encoder_path=self.encoder, model_kwargs=self.model_kwargs)
+        encoder_size = _encoder_img_size(meta)
+        # An encoder is fine-tuned at the size it was pretrained at unless --img-size says otherwise.
+        img_size = self.img_size or encoder_size or (224 if vit else 256)
+        if encoder_size and img_size != encoder_size:
+            log.warning("%s was pretrained at %d px and is fine-tuned at %d px: its position embeddings are "
+                        "resampled x%.2g; pass --img-size %d to keep the pretraining size", self.encoder, encoder_size,
+                        img_size, img_size / encoder_size, encoder_size)
         if self.train_crop is not None and not 16 <= self.train_crop <= img_size:
             raise UserError(f"--train-crop must be between 16 px and --img-size ({img_size}), got {self.train_crop}")
         encoder_method = None
-        if vit and self.encoder is not None:
-            _, _, meta = resolve_encoder_config(self.backbone, encoder_path=self.encoder, model_kwargs=self.model_kwargs)
-            encoder_method = (meta.method if meta else None) or Path(self.encoder).stem
+        if meta is not None:
+            encoder_method = meta.method or Path(self.encoder).stem
         label = self.label or (
             "U-Net (scratch)" if not vit else f"ViT ({encoder_method})" if encoder_method else "ViT (scratch)"
         )
@@ -946,6 +961,14 @@ class SegRunResult:
     results_csv: Path
 
 
+def _encoder_img_size(meta: Any) -> int | None:
+    """The square input size an exported encoder was pretrained at (its metadata), or None."""
+    size = (meta.model_kwargs.get("img_size") if meta is not None else None)
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
+    return int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) else None
+
+
 def _check_split_file(out: Path, split: dict[str, Any]) -> None:
     path = out / "split.json"
     if path.is_file():
@@ -1072,10 +1095,16 @@ def evaluate_saved_model(model_dir: str | Path, test_dir: str | Path, out_dir: s
     if names is not None:
         pairs = [p for p in pairs if p.name in set(names)]
     samples = load_samples(pairs)
-    run_dirs = []
+    run_dirs, notes = [], []
     for md in model_dirs:
+        seen = seen_in_training(md, Path(test_dir), {s.name for s in samples})
+        if seen:
+            notes.append(f"{md.name}: {len(seen)} of {len(samples)} images were this model's training or validation "
+                         f"images (its split.json), e.g. {seen[0]}: those scores are optimistic")
         model, mc = load_segmenter(md, device=dev)
-        summary, per_image = score_masks(predict_masks(model, [s.image for s in samples], mc, device=dev), samples)
+        masks = predict_masks(model, [s.image for s in samples], mc, device=dev)
+        notes += [f"{md.name}: {n}" for n in prediction_notes(masks, [s.mask for s in samples])]
+        summary, per_image = score_masks(masks, samples)
         run_dir = out_dir / md.name if len(model_dirs) > 1 else out_dir
         seed = None
         try:
@@ -1088,8 +1117,13 @@ def evaluate_saved_model(model_dir: str | Path, test_dir: str | Path, out_dir: s
         log.info("%s on %s: DSC %.4f, clDice %.4f", md, test_dir, summary["dice"]["mean"], summary["cldice"]["mean"])
         run_dirs.append(run_dir)
     rows = aggregate_runs(run_dirs)
-    write_results_table(rows, out_dir, title=f"Vessel segmentation on {Path(test_dir).name}")
-    return {"rows": rows, "run_dirs": run_dirs}
+    md_path, _ = write_results_table(rows, out_dir, title=f"Vessel segmentation on {Path(test_dir).name}")
+    for note in notes:
+        log.warning("%s", note)
+    if notes:
+        text = md_path.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + "\n".join(f"**Warning:** {n}." for n in notes)
+        atomic_write_bytes(md_path, (text + "\n").encode("utf-8"))
+    return {"rows": rows, "run_dirs": run_dirs, "notes": notes}
 
 
 def baseline_mask(image: np.ndarray, *, method: str = "sato", percentile: float = 92.0, border: int = 20,

@@ -43,6 +43,7 @@ from priormim.losses import (
 from priormim.masking import MaskingContext, MaskingStrategy, blend_guidance, build_masking, patch_prob_from_prior
 from priormim.models.export import export_encoder
 from priormim.models.mae import MaskedAutoencoder
+from priormim.models.run import mae_kwargs
 from priormim.models.zoo import ZOO_MODELS, ZooPretrainer
 from priormim.training import distributed as D
 from priormim.training.lr_schedule import MAECosineSchedule
@@ -123,21 +124,7 @@ def _build_zoo_model(cls: type[ZooPretrainer], cfg: PretrainConfig) -> ZooPretra
 
 
 def _mae_kwargs(cfg: PretrainConfig) -> dict[str, Any]:
-    m = cfg.model
-    kwargs: dict[str, Any] = dict(
-        encoder_name=m.encoder,
-        img_size=m.img_size,
-        in_chans=m.in_chans,
-        encoder_kwargs=m.encoder_kwargs,
-        decoder_embed_dim=m.decoder_embed_dim,
-        decoder_depth=m.decoder_depth,
-        decoder_num_heads=m.decoder_num_heads,
-        norm_pix_loss=m.norm_pix_loss,
-        drop_path_rate=m.drop_path_rate,
-    )
-    if m.encoder_init != "auto":  # auto: each model class's own reference default
-        kwargs["encoder_init"] = m.encoder_init
-    return kwargs
+    return mae_kwargs(cfg)  # in the models layer so MaskedAutoencoder.from_run can rebuild runs
 
 
 def masking_progress(cfg: PretrainConfig, epoch: int) -> float:
@@ -573,6 +560,9 @@ def train_one_epoch(
         vessel_share = ((patch_prior > 0) & mask).sum() / mask.sum().clamp_min(1)
         terms = {k: float(v) for k, v in step_out.terms.items()}
         terms["masked_vessel_share"] = float(vessel_share)
+        # What uniform random masking gives on average: the share of vessel patches among all
+        # patches of these (augmented) images; figures draw it as the reference line.
+        terms["vessel_patch_share"] = float((patch_prior > 0).float().mean())
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v
         n_batches += 1

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from priormim.errors import UserError
 from priormim.evaluation.metrics import mean_std
 from priormim.io import atomic_write_bytes
@@ -139,3 +141,35 @@ def write_results_table(
         )
     atomic_write_bytes(csv_path, buf.getvalue().encode("utf-8"))
     return md_path, csv_path
+
+
+def seen_in_training(model_dir: Path, test_dir: Path, names: set[str]) -> list[str]:
+    """Names of ``names`` that the model at ``model_dir`` trained or was selected on, per its
+    ``split.json`` (in the seed folder or the fine-tuning folder above it), when ``test_dir`` is
+    one of that split's train / val / data folders."""
+    for path in (model_dir / "split.json", model_dir.parent / "split.json"):
+        if path.is_file():
+            try:
+                split = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                return []
+            source = split.get("source") or {}
+            folders = {Path(str(source[k])).resolve() for k in ("data", "train", "val") if isinstance(source.get(k), str)}
+            if Path(test_dir).resolve() not in folders:
+                return []
+            return sorted(names & (set(split.get("train", [])) | set(split.get("val", []))))
+    return []
+
+
+def prediction_notes(masks: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> list[str]:
+    """Warnings about degenerate predictions: (almost) every pixel vessel, or (almost) none."""
+    if not masks:
+        return []
+    fg = float(np.mean([m.mean() for m in masks]))
+    gt = float(np.mean([t.mean() for t in truths]))
+    if fg >= 0.9:
+        return [f"the model predicts {fg:.0%} of the pixels as vessel (ground truth {gt:.1%}): it has not learnt to "
+                "segment; its scores say nothing about vessels"]
+    if fg <= 0.001 < gt:
+        return [f"the model predicts almost no vessel ({fg:.2%} of the pixels, ground truth {gt:.1%})"]
+    return []
