@@ -181,7 +181,7 @@ def case_seg_mask_not_binary(tmp):
     mask = sorted((test / "masks").iterdir())[0]
     Image.fromarray(grey(7)).save(mask)
     return Case(["finetune", "seg", "--train", str(train), "--test", str(test), "--out", str(tmp / "o"), *SEG],
-                "error", [mask.name, "not binary", "save it with only 0 and 255"])
+                "error", [mask.name, "not binary", "save it with two values only"])
 
 
 def case_seg_corrupt_images_in_train_and_test(tmp):

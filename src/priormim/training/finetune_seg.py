@@ -273,6 +273,11 @@ def read_label_mask(path: str | Path, *, max_ambiguous: float = 0.01) -> np.ndar
     means the file is not a mask (UserError).
     """
     arr = read_gray(path)
+    # Relative to the file's own two values (0/1, 0/100 and 0/255 masks all read alike).
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.full(arr.shape, hi > 0, dtype=bool)
+    arr = (arr - lo) / (hi - lo)
     ambiguous = int(((arr > 0.1) & (arr < 0.9)).sum())
     if ambiguous > max_ambiguous * arr.size:
         return read_mask(path)  # raises the standard "not binary" UserError
@@ -280,8 +285,6 @@ def read_label_mask(path: str | Path, *, max_ambiguous: float = 0.01) -> np.ndar
     if values.size > 2:
         log.warning("%s: mask has %d distinct values; thresholded at half range (%d pixels were not 0 or max)",
                     path, values.size, int(((arr > 0) & (arr < 1)).sum()))
-    if values.size == 1 and values[0] <= 0.5:
-        return np.zeros(arr.shape, dtype=bool)
     return arr > 0.5
 
 
