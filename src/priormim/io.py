@@ -43,14 +43,18 @@ def list_images(folder: str | Path) -> list[Path]:
             f"holds no images ({', '.join(IMAGE_SUFFIXES)}); point to the folder with the image files",
             folder,
         )
-    # Priors, masks and predictions are keyed by file stem: a.png and a.jpg would share one.
+    return files
+
+
+def refuse_stem_clashes(files: list[Path], folder: str | Path) -> None:
+    """UserError when two files share a stem (``a.png``, ``a.jpg``): outputs named by the stem
+    (predicted masks) would silently keep one of them."""
     seen: dict[str, Path] = {}
     for f in files:
         other = seen.setdefault(f.stem, f)
         if other is not f:
             raise UserError(f"'{other.name}' and '{f.name}' share the name '{f.stem}' (outputs are named by it); "
                             "rename or move one of them", folder)
-    return files
 
 
 def _to_unit_float(arr: np.ndarray, path: Path) -> np.ndarray:

@@ -24,9 +24,9 @@ def _resolved(p: str | Path) -> Path:
 
 
 def refuse_input_overlap(out: str | Path, inputs: Iterable[tuple[str, str | Path | None]], *, flag: str = "--out",
-                         nested: bool = True) -> None:
-    """UserError when ``out`` is one of ``inputs`` (``(flag, path)`` pairs) or, with
-    ``nested``, inside one of them (a folder) or holds one of them."""
+                         inside: bool = True, around: bool = True) -> None:
+    """UserError when ``out`` is one of ``inputs`` (``(name, path)`` pairs); with ``inside``
+    also when it lies inside an input folder, with ``around`` when it holds an input."""
     o = _resolved(out)
     for name, p in inputs:
         if p is None:
@@ -35,14 +35,11 @@ def refuse_input_overlap(out: str | Path, inputs: Iterable[tuple[str, str | Path
         if o == i:
             raise UserError(f"{flag} is the same path as {name}; writing there would replace your input, "
                             f"choose another {flag}", out)
-        if not nested:
-            continue
-        if o.is_relative_to(i) and i.is_dir():
+        if inside and i.is_dir() and o.is_relative_to(i):
             raise UserError(f"{flag} is inside {name} ({p}); writing there would mix outputs into your input, "
                             f"choose another {flag}", out)
-        if i.is_relative_to(o) and o.exists():
-            where = i.relative_to(o)
-            raise UserError(f"{flag} holds {name} (as {where}); writing there could replace your input, "
+        if around and o.exists() and i.is_relative_to(o):
+            raise UserError(f"{flag} holds {name} ({p}); writing there could replace your input, "
                             f"choose another {flag}", out)
 
 

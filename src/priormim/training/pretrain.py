@@ -672,7 +672,7 @@ def _claim_run_folder(cfg: PretrainConfig, out: Path, *, resume: bool, overwrite
     from priormim.outputs import claim_output, refuse_input_overlap
 
     refuse_input_overlap(out, [("the training data", cfg.data.images), ("data.priors", cfg.data.priors),
-                               ("consistency.segmentor", cfg.consistency.segmentor)], nested=False)
+                               ("consistency.segmentor", cfg.consistency.segmentor)], inside=False, around=False)
     claim_output(out, markers=RUN_MARKERS, owned=RUN_OWNED, resume=resume, overwrite=overwrite)
     _check_writable_output(out)
 
