@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     src = Path(args.run)
     out = Path(args.out)
-    refuse_input_overlap(out, [("--run", src)], around=False)
+    refuse_input_overlap(out, [("--run", src)], inside=False, around=False)
     if out.suffix.lower() in (".ckpt", ".pt", ".pth"):
         raise UserError("looks like a checkpoint path; the encoder is a .safetensors file (e.g. encoder.safetensors)", out)
     claim_output_file(out, overwrite=args.overwrite)

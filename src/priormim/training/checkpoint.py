@@ -64,14 +64,24 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     except (OSError, RuntimeError) as exc:
         # torch.save reports a full disk as RuntimeError ("... file write failed"), not OSError.
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, RuntimeError) and "write" not in str(exc).lower():
-            raise
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        if isinstance(exc, RuntimeError) and _nearly_full(path.parent):
+            reason = f"No space left on device; torch: {reason}"
         raise WriteError(f"cannot write checkpoint ({reason}); free disk space or fix permissions, then "
                          "continue with --resume", path, getattr(exc, "errno", None)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _nearly_full(folder: Path, *, margin: int = 16 << 20) -> bool:
+    """True when ``folder``'s file system has less than ``margin`` bytes free (torch.save
+    reports a full disk as a RuntimeError without errno; this names the likely cause)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
