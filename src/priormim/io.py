@@ -49,6 +49,17 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def refuse_stem_clashes(files: list[Path], folder: str | Path) -> None:
+    """UserError when two files share a stem (``a.png``, ``a.jpg``): outputs named by the stem
+    (predicted masks) would silently keep one of them."""
+    seen: dict[str, Path] = {}
+    for f in files:
+        other = seen.setdefault(f.stem, f)
+        if other is not f:
+            raise UserError(f"'{other.name}' and '{f.name}' share the name '{f.stem}' (outputs are named by it); "
+                            "rename or move one of them", folder)
+
+
 def _to_unit_float(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.ndim == 3:
         if arr.shape[-1] == 4:  # drop alpha
@@ -88,14 +99,16 @@ def read_gray(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("P", "PA"):
-                im = im.convert("L")
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("L")  # Pillow knows these colour spaces (CMYK JPEG: inverted ink)
             elif im.mode in ("I;16", "I;16B", "I;16L"):
                 arr = np.asarray(im, dtype=np.uint16)
                 return _to_unit_float(arr, path)
-            elif im.mode == "I":
-                arr = np.asarray(im, dtype=np.int64)
-                arr = np.clip(arr, 0, None).astype(np.uint32 if arr.max() > 65535 else np.uint16)
+            elif im.mode.startswith("I;16S") or im.mode == "I":
+                arr = np.asarray(im).astype(np.int64)
+                if arr.size and arr.min() < 0:  # signed data (CT-like TIFF): scale its own range, never clip
+                    return _to_unit_float(arr.astype(np.float64), path)
+                arr = arr.astype(np.uint32 if arr.size and arr.max() > 65535 else np.uint16)
                 return _to_unit_float(arr, path)
             elif im.mode == "F":
                 return _to_unit_float(np.asarray(im, dtype=np.float32), path)
@@ -104,33 +117,43 @@ def read_gray(path: str | Path) -> np.ndarray:
             arr = np.asarray(im)
     except UserError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"image is too large to decode safely ({exc}); downscale it, or raise "
+                        "PIL.Image.MAX_IMAGE_PIXELS if you trust the file", path) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read image ({exc}); the file is corrupt, truncated or not an image", path) from exc
     return _to_unit_float(arr, path)
 
 
 def read_mask(path: str | Path, *, max_grey_fraction: float = 0.01) -> np.ndarray:
-    """Read a binary mask as ``bool [H, W]``; foreground is above half the value range.
+    """Read a binary mask as ``bool [H, W]``: foreground is the higher of its two values.
 
-    Hand-drawn masks are sometimes saved with a few anti-aliased pixels (one DCA1 mask has 26
-    grey pixels among 0/255); up to ``max_grey_fraction`` of such pixels are thresholded with a
-    warning. More than that is not a binary mask, and raises UserError.
+    Label images store masks as 0/255, 0/1 (many public data sets), 0/100 or 0/65535: the
+    rule is relative to the file's own values, never to the bit depth, so all read the same.
+    A mask with one value is empty when that value is 0 and full otherwise. Hand-drawn masks
+    are sometimes saved with a few anti-aliased pixels (one DCA1 mask has 26 grey pixels among
+    0/255); up to ``max_grey_fraction`` of such pixels are thresholded at the midpoint of the
+    two values with a warning. More than that is a grey-scale image, not a mask: UserError.
     """
     path = Path(path)
-    arr = read_gray(path)
+    return binarize_mask(read_gray(path), path, max_grey_fraction=max_grey_fraction)
+
+
+def binarize_mask(arr: np.ndarray, path: str | Path, *, max_grey_fraction: float = 0.01) -> np.ndarray:
+    """``[H, W]`` label values (any scale) -> ``bool [H, W]`` by :func:`read_mask`'s rule."""
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
-        return np.zeros(arr.shape, dtype=bool) if hi <= 0.5 else np.ones(arr.shape, dtype=bool)
+        return np.full(arr.shape, hi > 0, dtype=bool)
     grey = float(((arr != lo) & (arr != hi)).mean())
     if grey > max_grey_fraction:
         raise UserError(
             f"mask is not binary ({grey:.1%} of pixels are neither background nor foreground); "
-            "save it with only 0 and 255",
+            "save it with two values only (0 and 255, or 0 and 1)",
             path,
         )
     if grey > 0:
         log.warning("%s: %.3f%% grey pixels in a binary mask, thresholded at half range", path, 100 * grey)
-    return arr > 0.5
+    return arr > (lo + hi) / 2
 
 
 def to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -157,6 +180,36 @@ def _write_fix(exc: OSError) -> str:
     return "check the output folder and run the command again"
 
 
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def default_file_mode() -> int:
+    """The permissions ``open(path, "w")`` would give a new file: ``0o666`` less the umask."""
+    return 0o666 & ~_umask()
+
+
+def make_temp_file(path: Path) -> str:
+    """A temporary file beside ``path`` with the user's umask permissions (``mkstemp`` would
+    make it 0600, and the rename would keep that for the finished file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, default_file_mode())
+    finally:
+        os.close(fd)
+    return tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash never leaves a half-written file.
 
@@ -169,8 +222,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        tmp = make_temp_file(path)
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -366,7 +366,7 @@ def test_config_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="unet"):
         SegFinetuneConfig(out=tmp_path, data=tmp_path, model="unet", encoder=tmp_path / "e.safetensors").resolved()
     with pytest.raises(UserError, match="missing: folder not found"):
-        finetune_segmentation(SegFinetuneConfig(out=tmp_path / "o", train=tmp_path / "missing", test=tmp_path / "missing"))
+        finetune_segmentation(SegFinetuneConfig(out=tmp_path / "o", train=tmp_path / "missing", test=tmp_path / "missing_test"))
     with pytest.raises(UserError, match="--train-crop must be between"):
         SegFinetuneConfig(out=tmp_path, data=tmp_path, model="vit", img_size=64, train_crop=96).resolved()
     with pytest.raises(UserError, match="--fov"):

@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"priormim: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the last line of defence: a path or disk problem no command foresaw
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"priormim: error: {where}{exc.strerror or exc}; check that the path's folders exist and are writable "
+              "(not a file, not read-only, disk not full), or choose another --out", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("priormim: interrupted; the last checkpoint and finished files are kept", file=sys.stderr)
         return 130

@@ -69,6 +69,8 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted seed from seed<k>/last.ckpt (same options required); "
                        "several GPUs: torchrun --nproc-per-node N -m priormim finetune seg ... shares the seeds out")
+    train.add_argument("--overwrite", action="store_true",
+                       help="retrain from scratch: remove the seeds, split and tables already in --out")
     post = p.add_argument_group("post-processing (stored with the model; predict and evaluate use it)")
     post.add_argument("--fov", choices=("collimator", "none"), default="collimator",
                       help="collimator (default): no vessel outside the X-ray field of view (flat regions touching the frame); none: keep all")
@@ -106,7 +108,7 @@ def run_seg(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs, val_every=args.val_every, augment=not args.no_augment, train_crop=args.train_crop, label=args.label, device=args.device,
         fov=args.fov, threshold=args.threshold,
     )
-    result = finetune_segmentation(cfg, resume=args.resume, rescore=args.rescore)
+    result = finetune_segmentation(cfg, resume=args.resume, rescore=args.rescore, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(result.results_md.read_text(encoding="utf-8"))
         print(f"results -> {result.results_md}, {result.results_csv}")

@@ -77,6 +77,8 @@ def register_finetune(finetune_subparsers: argparse._SubParsersAction) -> argpar
     train.add_argument("--label", help="method name in the results table (default: mode and encoder file name)")
     train.add_argument("--no-save-model", action="store_true", help="do not write seed<k>/model.safetensors")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the seeds and results already in --out (finished seeds are otherwise reused)")
     p.set_defaults(func=run_cls)
     return p
 
@@ -93,7 +95,7 @@ def run_cls(args: argparse.Namespace) -> int:
         opt=args.opt, layer_decay=args.layer_decay, drop_path=args.drop_path, global_pool=args.pool, hflip=args.hflip,
         model_kwargs=args.model_kwargs, device=args.device, num_workers=args.num_workers, save_model=not args.no_save_model, label=args.label,
     )
-    result = finetune_classification(cfg)
+    result = finetune_classification(cfg, overwrite=args.overwrite)
     print((result.out_dir / "results.md").read_text(encoding="utf-8"))
     print(f"results -> {result.out_dir / 'results.md'}, {result.out_dir / 'results.csv'}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace the masks/ and overlays/ already in --out")
     p.set_defaults(func=run_predict)
 
     e = subparsers.add_parser(
@@ -39,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--test", type=Path, required=True, help="folder with images/ + masks/")
     e.add_argument("--out", type=Path, help="output folder (default: <model>/eval_<test folder name>)")
     e.add_argument("--device", default="auto")
+    e.add_argument("--overwrite", action="store_true", help="replace an evaluation already in --out")
     e.set_defaults(func=run_evaluate)
 
 
@@ -68,15 +71,45 @@ def _image_folder(folder: Path) -> Path:
     return folder
 
 
+PREDICT_MARKER = "predict.json"  # written last: --out holds a finished prediction
+
+
+def _claim_predict_out(out: Path, *, inputs: list[tuple[str, Path]], overwrite: bool) -> None:
+    """Never write masks over an input (e.g. the labelled folder's masks/); refuse an earlier
+    prediction, or a masks/ folder that `predict` did not write, unless ``overwrite``."""
+    from priormim.errors import UserError
+    from priormim.io import is_image_file
+    from priormim.outputs import check_writable_dir, refuse_input_overlap
+
+    for sub in ("masks", "overlays"):
+        refuse_input_overlap(out / sub, inputs)
+    refuse_input_overlap(out, inputs, inside=False, around=False)
+    if not overwrite:
+        if (out / PREDICT_MARKER).is_file():
+            raise UserError("already holds a prediction (predict.json); pass --overwrite to replace it, or choose "
+                            "another --out", out)
+        for sub in ("masks", "overlays"):
+            if (out / sub).is_dir() and any(is_image_file(p) for p in (out / sub).iterdir()):
+                raise UserError(f"{sub}/ already holds images that `priormim predict` did not write (e.g. ground-truth "
+                                "masks); choose another --out, or pass --overwrite to replace them", out)
+    check_writable_dir(out)
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from priormim.errors import UserError
-    from priormim.io import list_images, read_gray, write_png
+    from priormim.io import atomic_write_bytes, list_images, read_gray, refuse_stem_clashes, write_png
     from priormim.training.finetune_seg import load_segmenter, predict_masks, resolve_device
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    folder = _image_folder(args.images)
+    files = list_images(folder)
+    refuse_stem_clashes(files, folder)
+    _claim_predict_out(args.out, inputs=[("--images", args.images), ("--images", folder), ("--model", args.model)],
+                       overwrite=args.overwrite)
     device = resolve_device(args.device)
     model, cfg = load_segmenter(args.model, device=device)
-    files = list_images(_image_folder(args.images))
     done = skipped = 0
     for start in range(0, len(files), args.batch_size):
         batch = []
@@ -93,6 +126,8 @@ def run_predict(args: argparse.Namespace) -> int:
             write_png(args.out / "masks" / f"{f.stem}.png", mask)
             _write_rgb(args.out / "overlays" / f"{f.stem}.png", overlay_rgb(im, mask))
             done += 1
+    summary = {"model": str(args.model), "images": str(folder), "predicted": done, "skipped_unreadable": skipped}
+    atomic_write_bytes(args.out / PREDICT_MARKER, json.dumps(summary, indent=2).encode("utf-8"))
     print(f"predicted {done} image(s), skipped {skipped} unreadable -> {args.out / 'masks'}, {args.out / 'overlays'}")
     return 0 if done else 1
 
@@ -101,7 +136,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from priormim.training.finetune_seg import evaluate_saved_model
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from priormim.outputs import claim_output, refuse_input_overlap
+
     out = args.out or (args.model / f"eval_{args.test.name}")
+    refuse_input_overlap(out, [("--test", args.test), ("--model", args.model)], inside=False)
+    claim_output(out, markers=("results.md", "metrics.json", "seed*/metrics.json"), owned=("results.csv", "seed*"),
+                 overwrite=args.overwrite)
     result = evaluate_saved_model(args.model, args.test, out, device=args.device)
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"metrics -> {', '.join(str(d / 'metrics.json') for d in result['run_dirs'])}")

@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bytes, sha256, prior_sha256 (only image is required), e.g. the manifest.csv `priormim prior vessel` writes",
     )
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, encoder.safetensors)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out (same settings)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoints, logs and encoder are removed first)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=run)
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("manifest not found; pass the CSV written by `priormim prior vessel` (or your own)", path)
         overrides.append(f"data.images={path}")
     cfg = load_config(args.config, overrides)
-    result = pretrain(cfg, args.out, resume=args.resume)
+    result = pretrain(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if result.encoder_path is not None:  # rank 0 only
         last = result.history[-1] if result.history else {}
         print(f"pretrained {cfg.method}: {len(result.history)} epoch(s), final loss {last.get('loss', float('nan')):.4f}; "

@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
 
@@ -38,9 +39,20 @@ def run(args: argparse.Namespace) -> int:
     from priormim.training.pretrain import default_prior_dir
     from priormim.training.segmentor import SegmentorTrainConfig, train_segmentor
 
+    from priormim.errors import UserError
+    from priormim.outputs import claim_output_file, refuse_input_overlap
+
+    for flag, value in (("--epochs", args.epochs), ("--img-size", args.img_size), ("--base-channels", args.base_channels),
+                        ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.img_size % 4:  # the U-Net halves the size per level (3 levels by default)
+        raise UserError(f"--img-size must be a multiple of 4 (the U-Net downsamples it), got {args.img_size}")
     images = Path(args.images)
     paths = list_images(images)
     out = Path(args.out)
+    refuse_input_overlap(out, [("--images", images), ("--priors", args.priors)], around=False)
+    claim_output_file(out, overwrite=args.overwrite)
     prior_dir = Path(args.priors) if args.priors else default_prior_dir(images, out.parent, "vessel")
     ensure_vessel_priors(images, prior_dir)
     usable = [p for p in paths if prior_path(prior_dir, p).exists()]

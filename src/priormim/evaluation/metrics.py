@@ -296,6 +296,9 @@ def binary_auc(scores: Tensor, labels: Tensor) -> float:
 
     Returns:
         AUC as a float; NaN if ``labels`` holds only one class (AUC undefined).
+
+    Raises:
+        ValueError: a score is NaN or infinite.
     """
     from torchmetrics.functional.classification import binary_auroc
 
@@ -303,6 +306,9 @@ def binary_auc(scores: Tensor, labels: Tensor) -> float:
     y = _as_tensor(labels, dtype=torch.long).reshape(-1)
     if s.shape != y.shape:
         raise ValueError(f"scores {tuple(s.shape)} and labels {tuple(y.shape)} differ in size")
+    if not bool(torch.isfinite(s).all()):
+        # NaN scores have no order: any AUC (0.0 from torchmetrics) would be made up.
+        raise ValueError(f"{int((~torch.isfinite(s)).sum())} of {s.numel()} scores are NaN or infinite (a diverged model?)")
     if y.numel() == 0 or bool((y == y[0]).all()):
         return math.nan
     return float(_quiet(binary_auroc, s, y))

@@ -17,10 +17,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
-
-from priormim.errors import UserError
 
 
 def export_encoder(
@@ -34,8 +31,11 @@ def export_encoder(
     method: str,
 ) -> Path:
     """Write ``encoder.state_dict()`` (timm keys, no head) to ``path`` atomically."""
+    from safetensors.torch import save
+
+    from priormim.io import atomic_write_bytes
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in encoder.state_dict().items()}
     metadata = {
         "format": "pt",
@@ -45,11 +45,5 @@ def export_encoder(
         "priormim_norm_std": repr(float(norm_std)),
         "priormim_method": method,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write the encoder ({exc.strerror or exc})", path) from exc
+    atomic_write_bytes(path, save(state, metadata=metadata))  # user's umask, one-line WriteError on failure
     return path

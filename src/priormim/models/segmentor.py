@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from priormim.errors import UserError
@@ -67,13 +67,14 @@ class VesselSegmentor(nn.Module):
         return self.net((x - self.norm_mean) / self.norm_std)
 
     def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save
+
+        from priormim.io import atomic_write_bytes
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         spec = {"arch": self.arch, "base_channels": self.base_channels, "levels": self.levels}
-        save_file(state, str(tmp), metadata={"priormim_segmentor": json.dumps(spec)})
-        tmp.replace(path)
+        atomic_write_bytes(path, save(state, metadata={"priormim_segmentor": json.dumps(spec)}))  # one-line WriteError on a full disk
         return path
 
 

@@ -194,6 +194,21 @@ def _write_csv_manifest(out: Path, files: dict[str, Any], csv_name: str) -> Path
     )
 
 
+def _refuse_foreign_folder(out: Path) -> None:
+    """A folder with image files but no prior manifest holds someone else's files (e.g.
+    hand-made masks passed as ``data.priors``): computing priors there would overwrite them."""
+    from priormim.io import is_image_file
+
+    if any(out.glob("manifest*.json")):
+        return
+    foreign = next((p for p in sorted(out.iterdir()) if is_image_file(p)), None)
+    if foreign is not None:
+        raise UserError(f"holds image files ({foreign.name}, ...) but no prior manifest (manifest.json), so they were not "
+                        "written by priormim and computing priors here would overwrite them; to use your own masks as "
+                        "priors list them in a manifest CSV (columns image,prior) and pass --manifest, or choose an "
+                        "empty folder", out)
+
+
 def _source_stamp(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
@@ -272,6 +287,7 @@ def compute_vessel_priors(
     if not os.access(out, os.W_OK):
         raise UserError("the output folder is not writable; fix its permissions or pick another --out", out)
 
+    _refuse_foreign_folder(out)
     state_name = MANIFEST_NAME if shard is None else shard_state_name(*shard)
     csv_name = "manifest.csv" if shard is None else state_name.replace(".json", ".csv")
 
@@ -350,6 +366,9 @@ def compute_vessel_priors(
         if force or time.monotonic() - last_flush >= _FLUSH_SECONDS:
             _write_manifest(out, params, entries, name=state_name, extra=extra)
             last_flush = time.monotonic()
+
+    if not (out / state_name).exists():
+        flush(force=True)  # before the first prior: the folder is marked as priormim's own cache
 
     def run_batch(batch: list[tuple[Path, str, tuple[int, int], np.ndarray]]) -> None:
         x = torch.from_numpy(np.stack([item[3] for item in batch])).unsqueeze(1).to(dev)

@@ -275,6 +275,16 @@ def load_gaze_prior(out_dir: str | Path, image_path: str | Path, *, missing: str
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read gaze prior ({exc}); delete it and re-run `priormim prior gaze`", path) from exc
-    if arr.ndim != 2 or not np.isfinite(arr).all() or (arr < 0).any():
-        raise UserError("is not a gaze prior (2-D, finite, >= 0); delete it and re-run `priormim prior gaze`", path)
-    return arr.astype(np.float32, copy=False)
+    numeric = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    if not numeric or arr.ndim != 2:
+        raise UserError(f"is not a gaze prior (a 2-D array of numbers; found {arr.dtype} {arr.shape}); delete it and "
+                        "re-run `priormim prior gaze`", path)
+    wide = arr.astype(np.float64)
+    total = float(wide.sum())
+    if not np.isfinite(wide).all() or (wide < 0).any() or not np.isfinite(total):
+        raise UserError("is not a gaze prior (finite values >= 0 with a finite sum); delete it and re-run "
+                        "`priormim prior gaze`", path)
+    # A heatmap sums to 1; one saved on another scale is rescaled in float64 (float32 could overflow).
+    if total > 0 and abs(total - 1.0) > 1e-3:
+        wide = wide / total
+    return wide.astype(np.float32)

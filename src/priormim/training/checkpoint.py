@@ -7,10 +7,10 @@ previous checkpoint intact; a truncated file is detected on load and the previou
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from priormim.errors import UserError
+from priormim.io import WriteError, make_temp_file
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +55,33 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Atomically write ``state`` with ``torch.save``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = make_temp_file(path)
     try:
         torch.save(state, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as RuntimeError ("... file write failed"), not OSError.
         Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write checkpoint ({exc.strerror or exc}); free disk space or fix permissions", path) from exc
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+        if isinstance(exc, RuntimeError) and _nearly_full(path.parent):
+            reason = f"No space left on device; torch: {reason}"
+        raise WriteError(f"cannot write checkpoint ({reason}); free disk space or fix permissions, then "
+                         "continue with --resume", path, getattr(exc, "errno", None)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _nearly_full(folder: Path, *, margin: int = 16 << 20) -> bool:
+    """True when ``folder``'s file system has less than ``margin`` bytes free (torch.save
+    reports a full disk as a RuntimeError without errno; this names the likely cause)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -93,3 +108,66 @@ def latest_valid_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] 
         except UserError as exc:
             log.warning("skipping %s", exc)
     return None
+
+
+# Settings a resumed pretraining run may change: where and how verbosely it runs, how long it
+# lasts, where the data lives, and the measured grey-level statistics (re-measured alike).
+RESUMABLE_KEYS = frozenset({
+    "train.device", "train.progress", "train.amp", "train.save_every", "train.log_every", "optim.epochs",
+    "data.num_workers", "data.images", "data.priors", "data.gaze", "data.norm_mean", "data.norm_std",
+})
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("encoder_kwargs", "kwargs", "method_kwargs"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """UserError naming the first setting (other than :data:`RESUMABLE_KEYS`) in which the
+    run being resumed (``current``, a config dict) differs from the checkpoint's (``saved``)."""
+    a, b = _flatten(saved), _flatten(current)
+    for key in sorted(set(a) | set(b)):
+        if key in RESUMABLE_KEYS or a.get(key) == b.get(key):
+            continue
+        raise UserError(f"--resume: {key} is {b.get(key)!r} but the run was started with {a.get(key)!r}; "
+                        f"resume with {key}={a.get(key)!r}, or start a new run with --overwrite or another --out", path)
+
+
+def check_pretrain_checkpoint(ckpt: Any, path: Path) -> dict[str, Any]:
+    """``ckpt`` if it is a pretraining checkpoint (model, optimizer, epoch, config, ...), else a
+    UserError: a plain state dict or another tool's file cannot be resumed or exported."""
+    need = ("model", "optimizer", "scheduler", "epoch", "step", "config", "rng")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in need):
+        keys = ", ".join(sorted(map(str, ckpt))[:5]) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UserError(f"is not a priormim pretraining checkpoint (found {keys or 'nothing'}); pass a last.ckpt or "
+                        "checkpoint-*.ckpt written by `priormim pretrain`", path)
+    return ckpt
+
+
+def truncate_log(path: Path, last_epoch: int | None) -> int:
+    """Keep the JSON lines of ``path`` whose ``epoch`` is at most ``last_epoch`` (all gone for
+    None): the records a resumed run will write again. Returns the number of lines dropped."""
+    from priormim.io import atomic_write_bytes
+
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            keep = last_epoch is not None and int(rec["epoch"]) <= last_epoch
+        except (ValueError, KeyError, TypeError):
+            keep = False  # a line cut by the crash
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write_bytes(path, "".join(f"{ln}\n" for ln in kept).encode("utf-8"))
+    return dropped

@@ -162,10 +162,26 @@ class ClsFinetuneConfig:
             (cfg.global_pool in ("token", "avg"), "global_pool must be 'token' or 'avg'"),
             (0 < cfg.min_crop_scale <= 1, "min_crop_scale must lie in (0, 1]"),
             (len(cfg.seeds) >= 1, "give at least one seed"),
+            (cfg.img_size >= 16, f"--img-size must be >= 16 px, got {cfg.img_size}"),
+            (math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a finite number > 0, got {cfg.lr}"),
+            (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, f"--weight-decay must be finite and >= 0, got {cfg.weight_decay}"),
+            (0 < cfg.layer_decay <= 1, f"--layer-decay must lie in (0, 1], got {cfg.layer_decay}"),
+            (0 <= cfg.drop_path < 1, f"--drop-path must lie in [0, 1), got {cfg.drop_path}"),
+            (cfg.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {cfg.warmup_epochs}"),
+            (cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}"),
+            (cfg.val is None or cfg.val != cfg.test, "--val and --test are the same data; pass a separate validation set "
+             "(or omit --val to carve one from --train)"),
+            (cfg.val is None or cfg.val != cfg.train, "--val and --train are the same data; omit --val to carve a "
+             "validation split from --train"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
+        import timm.optim
+
+        known = timm.optim.list_optimizers()
+        if cfg.opt.lower() not in known:
+            raise UserError(f"--opt {cfg.opt!r} is not a timm optimizer; use e.g. momentum, sgd, adamw, lamb or lars")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -447,6 +463,9 @@ def auc_scores(logits: Tensor, labels: Tensor, *, task: str, class_names: list[s
     multilabel: mean over labels whose AUC is defined (per-label NaN otherwise).
     """
     logits = logits.float()
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError("the model's outputs are NaN or infinite: training diverged; lower --lr (or check the "
+                        "encoder file), then run again with --overwrite")
     if task == "multilabel":
         mean, per = multilabel_auc(torch.sigmoid(logits), labels)
         return mean, dict(zip(class_names, per))
@@ -814,13 +833,20 @@ def write_results(out: Path, seed_dirs: list[Path], *, title: str) -> None:
     atomic_write_bytes(out / "results.md", ("\n".join(md) + "\n").encode())
 
 
-def finetune_classification(cfg: ClsFinetuneConfig) -> ClsRunResult:
+def finetune_classification(cfg: ClsFinetuneConfig, *, overwrite: bool = False) -> ClsRunResult:
     """Run every seed of ``cfg`` (finished seeds are read back, not re-run) and write the results.
 
-    Returns the per-seed test AUCs and their mean ± std. Raises UserError for bad input.
+    With ``overwrite`` the seeds and results already in ``cfg.out`` are removed first (a seed
+    finished with other settings is otherwise a UserError). Returns the per-seed test AUCs and
+    their mean ± std. Raises UserError for bad input.
     """
+    from priormim.outputs import check_writable_dir, claim_output, refuse_input_overlap
+
     cfg = cfg.resolved()
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    refuse_input_overlap(cfg.out, [("--train", cfg.train), ("--test", cfg.test), ("--val", cfg.val)], around=False)
+    if overwrite:
+        claim_output(cfg.out, markers=("seed*/metrics.json", "results.md"), owned=("seed*", "results.csv"), overwrite=True)
+    check_writable_dir(cfg.out)
     finished = {s: _load_finished(cfg, s) for s in cfg.seeds}
     todo = [s for s in cfg.seeds if finished[s] is None]
     if len(todo) < len(cfg.seeds):

@@ -222,6 +222,22 @@ class SegFinetuneConfig:
             raise UserError(f"unknown --fov {self.fov!r}; use {' or '.join(FOV_METHODS)}")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise UserError(f"--threshold is a probability strictly between 0 and 1, got {self.threshold}")
+        for flag, value, lo in (("--img-size", self.img_size, 16), ("--warmup-epochs", self.warmup_epochs, 0),
+                                ("--unet-base", self.unet_base_channels, 1)):
+            if value is not None and value < lo:
+                raise UserError(f"{flag} must be >= {lo}, got {value}")
+        for flag, value, lo, lo_open, hi in (("--lr", self.lr, 0, True, None), ("--weight-decay", self.weight_decay, 0, False, None),
+                                             ("--layer-decay", self.layer_decay, 0, True, 1), ("--drop-path", self.drop_path, 0, False, 0.999999)):
+            if value is None:
+                continue
+            if not (math.isfinite(value) and (value > lo if lo_open else value >= lo) and (hi is None or value <= hi)):
+                raise UserError(f"{flag} must be a finite number {'>' if lo_open else '>='} {lo}"
+                                f"{f' and <= {hi}' if hi else ''}, got {value}")
+        for a, b in (("val", "test"), ("val", "train"), ("train", "test")):
+            pa, pb = getattr(self, a), getattr(self, b)
+            if pa is not None and pb is not None and Path(pa).resolve() == Path(pb).resolve():
+                raise UserError(f"--{a} and --{b} are the same folder; the scores would be biased. Pass separate "
+                                f"folders (or omit --val to carve it from --train)", pa)
         vit = self.model == "vit"
         meta = None
         if vit and self.encoder is not None:
@@ -288,6 +304,11 @@ def read_label_mask(path: str | Path, *, max_ambiguous: float = 0.01) -> np.ndar
     means the file is not a mask (UserError).
     """
     arr = read_gray(path)
+    # Relative to the file's own two values (0/1, 0/100 and 0/255 masks all read alike).
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.full(arr.shape, hi > 0, dtype=bool)
+    arr = (arr - lo) / (hi - lo)
     ambiguous = int(((arr > 0.1) & (arr < 0.9)).sum())
     if ambiguous > max_ambiguous * arr.size:
         return read_mask(path)  # raises the standard "not binary" UserError
@@ -295,8 +316,6 @@ def read_label_mask(path: str | Path, *, max_ambiguous: float = 0.01) -> np.ndar
     if values.size > 2:
         log.warning("%s: mask has %d distinct values; thresholded at half range (%d pixels were not 0 or max)",
                     path, values.size, int(((arr > 0) & (arr < 1)).sum()))
-    if values.size == 1 and values[0] <= 0.5:
-        return np.zeros(arr.shape, dtype=bool)
     return arr > 0.5
 
 
@@ -593,6 +612,9 @@ def predict_logits(
                 logits = sliding_window_logits(model, x, window=window, batch_size=4 * batch_size).cpu()
             else:
                 logits = model(x).float().cpu()
+        if not bool(torch.isfinite(logits).all()):
+            raise UserError("the model's outputs are NaN or infinite: training diverged (lower --lr) or the "
+                            "weights are damaged; a DSC from them would be meaningless")
         for lg, im in zip(logits, chunk):
             out.append(F.interpolate(lg[None], size=im.shape, mode="bilinear", align_corners=False)[0, 0].numpy())
     return out
@@ -929,15 +951,7 @@ def rescore_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path
     test split with the saved weights (no training): for a run made before a post-processing
     option existed, or to try ``--fov`` / ``--threshold`` on a finished run."""
     old = read_metrics(run_dir / "metrics.json")
-
-    def comparable(d: dict[str, Any]) -> dict[str, Any]:
-        # Paths compare resolved (a relative and an absolute spelling are the same folder).
-        return {k: str(Path(v).resolve()) if k in ("train", "test", "val", "data", "encoder") and v else v for k, v in d.items()
-                if k not in ("out", "device", "label", "seeds", *POSTPROCESS_KEYS)}
-
-    trained = comparable(old.get("config") or {})
-    wanted = comparable(cfg.to_dict())
-    changed = sorted(k for k in trained if json.dumps(trained[k]) != json.dumps(wanted.get(k)))
+    changed = [k for k in _changed_settings(old.get("config") or {}, cfg) if k not in POSTPROCESS_KEYS]
     if changed:
         raise UserError(f"seed {seed} was trained with other settings ({', '.join(changed)}); --rescore only changes "
                         f"post-processing ({', '.join(POSTPROCESS_KEYS)}); use the same options or a new --out", run_dir / "metrics.json")
@@ -945,6 +959,33 @@ def rescore_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path
     return finish_seed(cfg, seed, data, run_dir, model, model_config, norm=NormStats(**model_config["norm"]), device=device,
                        best_epoch=int(old["best_epoch"]), best_dice=float(old["best_val_dice"]), curve=list(old.get("val_curve", [])),
                        train_time_s=float(old.get("train_time_s", 0.0)))
+
+
+def _changed_settings(trained: dict[str, Any], cfg: SegFinetuneConfig) -> list[str]:
+    """The options (config keys) in which ``cfg`` differs from a finished seed's ``trained``
+    config; where it runs, its label and the seed list may differ."""
+
+    def comparable(d: dict[str, Any]) -> dict[str, Any]:
+        # Paths compare resolved (a relative and an absolute spelling are the same folder).
+        return {k: str(Path(v).resolve()) if k in ("train", "test", "val", "data", "encoder") and v else v for k, v in d.items()
+                if k not in ("out", "device", "label", "seeds")}
+
+    a, b = comparable(trained), comparable(cfg.to_dict())
+    return sorted(k for k in a if json.dumps(a[k]) != json.dumps(b.get(k)))
+
+
+def _check_finished_seed(cfg: SegFinetuneConfig, seed: int, rescore: bool) -> None:
+    """A finished seed is reused on a re-run only when it was trained with the same options."""
+    path = cfg.out / f"seed{seed}" / "metrics.json"
+    changed = _changed_settings(read_metrics(path).get("config") or {}, cfg)
+    if rescore:
+        return  # rescore_seed names the non-post-processing changes itself
+    if changed:
+        post = all(k in POSTPROCESS_KEYS for k in changed)
+        opts = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
+        raise UserError(f"seed {seed} was finished with another {opts}; "
+                        + ("add --rescore to re-pick the post-processing, " if post else "")
+                        + "pass --overwrite to retrain, or choose another --out", path)
 
 
 @dataclass
@@ -981,12 +1022,15 @@ def _check_split_file(out: Path, split: dict[str, Any]) -> None:
     atomic_write_bytes(path, json.dumps(split, indent=2).encode("utf-8"))
 
 
-def finetune_segmentation(cfg: SegFinetuneConfig, *, resume: bool = False, rescore: bool = False) -> SegRunResult:
+def finetune_segmentation(cfg: SegFinetuneConfig, *, resume: bool = False, rescore: bool = False,
+                          overwrite: bool = False) -> SegRunResult:
     """Fine-tune one model per seed, skipping seeds already finished, and write the tables.
 
     ``resume``: continue an interrupted seed from its ``last.ckpt`` (see :func:`train_one_seed`).
     ``rescore``: finished seeds are not skipped but re-scored with their saved weights, the
     post-processing re-picked on the validation split (see :func:`rescore_seed`).
+    ``overwrite``: the seeds, split and tables already in ``cfg.out`` are removed first; without
+    it a finished seed trained with other options is a UserError naming them.
 
     Under ``torchrun`` the seeds are shared out over the processes (seed ``k``-th of the list
     on rank ``k % world_size``, each on its own GPU); every process trains whole seeds, so the
@@ -1004,22 +1048,33 @@ def finetune_segmentation(cfg: SegFinetuneConfig, *, resume: bool = False, resco
     # a process group, so evaluation code stays local to each rank.
     group = D.StoreGroup(dist, "finetune-seg") if dist.enabled else None
     try:
-        return _finetune_seeds(cfg, dist, group, device, resume, rescore)
+        return _finetune_seeds(cfg, dist, group, device, resume, rescore, overwrite)
     finally:
         if group is not None:
             group.close()
 
 
-def _finetune_seeds(cfg: SegFinetuneConfig, dist: Any, group: Any, device: torch.device, resume: bool, rescore: bool) -> SegRunResult:
+def _finetune_seeds(cfg: SegFinetuneConfig, dist: Any, group: Any, device: torch.device, resume: bool, rescore: bool,
+                    overwrite: bool = False) -> SegRunResult:
+    from priormim.outputs import claim_output, refuse_input_overlap
+
     data = prepare_data(cfg)
 
     def setup() -> list[int]:
+        refuse_input_overlap(cfg.out, [("--train", cfg.train), ("--test", cfg.test), ("--val", cfg.val), ("--data", cfg.data),
+                                       ("--encoder", cfg.encoder)], around=False)
+        if overwrite:
+            claim_output(cfg.out, markers=("seed*/metrics.json", "seed*/last.ckpt", "results.md"),
+                         owned=("seed*", "results.csv", "split.json"), overwrite=True)
         try:
             cfg.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create the output folder ({exc.strerror or exc}); choose another --out", cfg.out) from exc
         _check_split_file(cfg.out, data.split)
-        return [s for s in cfg.seeds if (cfg.out / f"seed{s}" / "metrics.json").is_file()]
+        done = [s for s in cfg.seeds if (cfg.out / f"seed{s}" / "metrics.json").is_file()]
+        for s in done:
+            _check_finished_seed(cfg, s, rescore)
+        return done
 
     skipped = group.run_on_main(setup, "setup") if group is not None else setup()
     if dist.is_main:

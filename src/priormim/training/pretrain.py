@@ -48,11 +48,14 @@ from priormim.models.zoo import ZOO_MODELS, ZooPretrainer
 from priormim.training import distributed as D
 from priormim.training.lr_schedule import MAECosineSchedule
 from priormim.training.checkpoint import (
+    check_pretrain_checkpoint,
+    check_resume_config,
     latest_valid_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    truncate_log,
 )
 
 log = logging.getLogger(__name__)
@@ -585,7 +588,7 @@ def train_one_epoch(
 
 
 # -- the run -------------------------------------------------------------------------------------
-def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> PretrainResult:
+def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False) -> PretrainResult:
     """Pretrain per ``cfg`` into run folder ``out``; returns the exported encoder path.
 
     ``cfg.data.images`` is a folder of images or a data manifest (``.csv`` / ``.parquet``).
@@ -593,7 +596,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
     (``optim.batch_size`` per process x processes x ``optim.accum_iter``) decides the lr, and
     with ``train.deterministic`` the run is the same for any number of processes (see
     :mod:`priormim.training.distributed`). SIGTERM (SLURM pre-emption, ``scancel``) stops the
-    run like Ctrl-C; ``--resume`` continues from the last finished epoch.
+    run like Ctrl-C; ``--resume`` continues from the last finished epoch. A folder that holds a
+    run is refused unless ``resume`` (continue it, with the same settings) or ``overwrite``
+    (remove its checkpoints, logs and encoder first).
     """
     out = Path(out)
     device = D.resolve_device(cfg.train.device)
@@ -603,7 +608,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
     if cfg.data.images is None:
         raise UserError("no training images: pass --data DIR or --manifest FILE (or data.images=...)")
     images = Path(cfg.data.images)
-    D.run_on_main(lambda: _check_writable_output(out), dist)
+    D.run_on_main(lambda: _claim_run_folder(cfg, out, resume=resume, overwrite=overwrite), dist)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.train.seed + dist.rank)
@@ -657,14 +662,21 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
         found = D.run_on_main(lambda: _latest_checkpoint_path(out), dist)
         if found is None:
             log.warning("--resume: no checkpoint in %s, starting from scratch", out)
+            if dist.is_main:
+                truncate_log(out / "log.jsonl", None)
         else:
-            ckpt = load_checkpoint(found)
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
+            ckpt = check_pretrain_checkpoint(load_checkpoint(found), found)
+            check_resume_config(ckpt["config"], cfg.to_dict(), found)
             if (ckpt["scheduler"].get("kind") == "mae_cosine") != (cfg.optim.schedule == "mae"):
                 raise UserError("the checkpoint was made with another lr schedule; resume with the run's own "
                                 "optim.schedule (see its config.yaml)", found)
-            scheduler.load_state_dict(ckpt["scheduler"])
+            try:
+                model.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                scheduler.load_state_dict(ckpt["scheduler"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise UserError(f"--resume: the checkpoint does not fit this model ({str(exc).splitlines()[0][:160]}); "
+                                "start a new run with --overwrite or another --out", found) from exc
             start_epoch, global_step = ckpt["epoch"] + 1, ckpt["step"]
             history = list(ckpt.get("history", []))
             rng = ckpt["rng"]
@@ -672,6 +684,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
                 rng = rng[dist.rank % len(rng)]
             set_rng_state(rng, mask_generator)
             if dist.is_main:
+                truncate_log(out / "log.jsonl", ckpt["epoch"])  # the epochs after it are trained (and logged) again
                 print(f"resumed from {found} (epoch {start_epoch}, step {global_step})", file=sys.stderr)
     scheduler.step_update(num_updates=global_step)
 
@@ -742,6 +755,20 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False) -> P
         atomic_write_bytes(out / "history.json", json.dumps(history, indent=1).encode())
     D.barrier()
     return PretrainResult(run_dir=out, encoder_path=encoder_path, history=history)
+
+
+RUN_MARKERS = ("last.ckpt", "previous.ckpt", "checkpoint-*.ckpt", "encoder.safetensors", "log.jsonl", "history.json")
+RUN_OWNED = ("config.yaml", "tb", "segmentor.safetensors", ".*.tmp")
+
+
+def _claim_run_folder(cfg: PretrainConfig, out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Rank 0: never write over an input, refuse a finished run unless resume/overwrite."""
+    from priormim.outputs import claim_output, refuse_input_overlap
+
+    refuse_input_overlap(out, [("the training data", cfg.data.images), ("data.priors", cfg.data.priors),
+                               ("consistency.segmentor", cfg.consistency.segmentor)], inside=False, around=False)
+    claim_output(out, markers=RUN_MARKERS, owned=RUN_OWNED, resume=resume, overwrite=overwrite)
+    _check_writable_output(out)
 
 
 def _check_writable_output(out: Path) -> None:
