@@ -61,7 +61,8 @@ def _register_vessel(prior_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the prior masks")
     p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--percentile", type=float, default=92.0, help="keep responses above this percentile (default 92)")
+    p.add_argument("--percentile", type=float, default=92.0,
+                   help="threshold at this percentile of the response (default 92; official keeps >=, priormim >)")
     p.add_argument("--border", type=int, default=20, help="clear a frame this many pixels wide (default 20)")
     p.add_argument(
         "--keep",
