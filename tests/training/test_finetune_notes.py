@@ -20,14 +20,14 @@ def _encoder(path, size=32):
 
 def test_finetune_defaults_to_the_encoders_size_and_warns_when_told_otherwise(tmp_path, caplog):
     enc = _encoder(tmp_path / "e.safetensors")
-    base = dict(out=tmp_path / "o", train=tmp_path, test=tmp_path, encoder=enc)
+    base = dict(out=tmp_path / "o", train=tmp_path / "train", test=tmp_path / "test", encoder=enc)
     with caplog.at_level(logging.WARNING):
         assert SegFinetuneConfig(**base).resolved().img_size == 32  # not 224
     assert not caplog.records
     with caplog.at_level(logging.WARNING):
         assert SegFinetuneConfig(**base, img_size=224).resolved().img_size == 224
     assert "pretrained at 32 px and is fine-tuned at 224 px" in caplog.text and "--img-size 32" in caplog.text
-    assert SegFinetuneConfig(out=tmp_path / "o", train=tmp_path, test=tmp_path).resolved().img_size == 224
+    assert SegFinetuneConfig(out=tmp_path / "o", train=tmp_path / "train", test=tmp_path / "test").resolved().img_size == 224
 
 
 def test_prediction_notes():

@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", choices=("official", "priormim"), default="official",
+                   help="vessel-prior recipe for the pseudo-labels when they are computed here (default official)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     for flag, value in (("--epochs", args.epochs), ("--img-size", args.img_size), ("--base-channels", args.base_channels),
                         ("--batch-size", args.batch_size)):
-        if value < 1:
+        if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.img_size % 4:  # the U-Net halves the size per level (3 levels by default)
         raise UserError(f"--img-size must be a multiple of 4 (the U-Net downsamples it), got {args.img_size}")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_input_overlap(out, [("--images", images), ("--priors", args.priors)], around=False)
     claim_output_file(out, overwrite=args.overwrite)
     prior_dir = Path(args.priors) if args.priors else default_prior_dir(images, out.parent, "vessel")
-    ensure_vessel_priors(images, prior_dir)
+    ensure_vessel_priors(images, prior_dir, preset=args.preset)
     usable = [p for p in paths if prior_path(prior_dir, p).exists()]
     cfg = SegmentorTrainConfig(recipe=args.recipe, arch=args.arch, epochs=args.epochs, lr=args.lr,
                                img_size=args.img_size, base_channels=args.base_channels,

@@ -1192,7 +1192,8 @@ def baseline_mask(image: np.ndarray, *, method: str = "sato", percentile: float 
 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     if method == "sato":
-        m = vessel_mask(x, percentile=percentile, border=border, keep=keep, sigmas=sigmas)
+        # The documented Sato baseline (collimator-aware, priormim preset), not the pretraining prior.
+        m = vessel_mask(x, percentile=percentile, border=border, keep=keep, sigmas=sigmas, preset="priormim")
     elif method == "frangi":
         from skimage.filters import frangi
 
