@@ -307,7 +307,7 @@ def seed_everything(seed: int) -> None:
 class JsonlLogger:
     """JSON-lines + TensorBoard scalars, written by rank 0 only."""
 
-    def __init__(self, out: Path, enabled: bool) -> None:
+    def __init__(self, out: Path, enabled: bool, *, purge_step: int | None = None) -> None:
         self.enabled = enabled
         self.writer = None
         self.file = None
@@ -315,7 +315,9 @@ class JsonlLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.file = open(out / "log.jsonl", "a", buffering=1)
-            self.writer = SummaryWriter(str(out / "tb"))
+            # On resume TensorBoard hides the events logged after the checkpoint's step (the
+            # ones that are trained again), as log.jsonl is cut back to the checkpoint.
+            self.writer = SummaryWriter(str(out / "tb"), purge_step=purge_step)
 
     def log(self, record: dict, step: int, prefix: str) -> None:
         if not self.enabled:
@@ -701,7 +703,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, over
         generator=torch.Generator().manual_seed(cfg.train.seed),  # keeps the global RNG out of it
     )
     bound = D.BoundLoader(loader, per_sample)
-    logger = JsonlLogger(out, dist.is_main)
+    # Steps after the checkpoint are trained again; records at its own step (its epoch) stay.
+    logger = JsonlLogger(out, dist.is_main, purge_step=global_step + 1 if global_step else None)
     try:
         with _sigterm_as_interrupt():
             for epoch in range(start_epoch, cfg.optim.epochs):
