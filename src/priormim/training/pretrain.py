@@ -13,7 +13,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -766,23 +765,12 @@ RUN_OWNED = ("config.yaml", "tb", "segmentor.safetensors", ".*.tmp")
 
 def _claim_run_folder(cfg: PretrainConfig, out: Path, *, resume: bool, overwrite: bool) -> None:
     """Rank 0: never write over an input, refuse a finished run unless resume/overwrite."""
-    from priormim.outputs import claim_output, refuse_input_overlap
+    from priormim.outputs import check_writable_dir, claim_output, refuse_input_overlap
 
     refuse_input_overlap(out, [("the training data", cfg.data.images), ("data.priors", cfg.data.priors),
                                ("consistency.segmentor", cfg.consistency.segmentor)], inside=False, around=False)
     claim_output(out, markers=RUN_MARKERS, owned=RUN_OWNED, resume=resume, overwrite=overwrite)
-    _check_writable_output(out)
-
-
-def _check_writable_output(out: Path) -> None:
-    """Rank 0: create the run folder and prove it is writable (UserError otherwise)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test.{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to the output folder ({exc.strerror or exc}); choose another --out", out) from exc
+    check_writable_dir(out)
 
 
 def _latest_checkpoint_path(out: Path) -> Path | None:
