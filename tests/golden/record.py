@@ -287,7 +287,8 @@ def compare(expected: dict[str, Any] | None, actual: dict[str, Any] | None, *, r
     if actual is None:
         return [f"{run}: in golden.json but no longer run"]
     out: list[str] = []
-    for section in sorted(set(expected) | set(actual)):
+    order = {"steps": 0, "epochs": 1}
+    for section in sorted(set(expected) | set(actual), key=lambda s: (order.get(s, 2), s)):
         e, a = expected.get(section), actual.get(section)
         if e is None or a is None:
             out.append(f"{run}: section '{section}' " + ("is new" if e is None else "is no longer produced"))

@@ -45,7 +45,8 @@ def runner(tmp_path_factory):
 @pytest.mark.parametrize("name", RUNS)
 def test_golden_run(name, runner):
     problems = record.compare(GOLDEN["runs"].get(name), runner.run(name), run=name)
-    assert not problems, record.failure_message(name, problems, GOLDEN.get("environment"))
+    if problems:
+        pytest.fail(record.failure_message(name, problems, GOLDEN.get("environment")), pytrace=False)
 
 
 def test_golden_covers_every_packaged_recipe():
