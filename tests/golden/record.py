@@ -10,7 +10,7 @@ are the ``mae`` / ``vasomim`` recipes at another scale, and too big for a run of
 
 Record (in the commit that changes behaviour, with the reason in its message)::
 
-    PYTHONPATH=src python tests/golden/record.py --write
+    python tests/golden/record.py --write        # without --write: compare, exit 1 on a difference
 
 ``tests/golden/test_golden.py`` re-runs the same and compares every number to
 ``golden.json`` (abs / rel tolerance :data:`TOL`). Everything runs on the CPU with one
@@ -49,6 +49,9 @@ SEED = 0
 # so that the golden numbers do not move when that fixture does, shrunk to depth 1. The lr is
 # 1e-3 (blr 0.064 x batch 4 / 256) rather than 1.6e-5 so that the updates move the losses
 # well above the tolerance, and one warm-up epoch puts both phases of the schedule in the log.
+# train.deterministic stays false (the default): on the CPU with one thread the runs repeat
+# exactly without it, and the golden runs take the default code path (batched masking rather
+# than the per-sample masking of deterministic mode).
 TINY = [
     "model.img_size=32",
     "model.encoder_kwargs={patch_size: 4, depth: 1, embed_dim: 32, num_heads: 2}",
@@ -91,9 +94,11 @@ IGNORED_KEYS = ("epoch_time_s", "time_s", "train_time_s")
 
 @contextlib.contextmanager
 def reproducible_torch() -> Iterator[None]:
-    """One intra-op thread (float reductions are summed in a thread-count-dependent order)
-    and torch's deterministic-algorithms flag as ``train.deterministic=false`` leaves it;
-    both restored afterwards, so other tests see the state they had."""
+    """One intra-op thread (float reductions are summed in a thread-count-dependent order: with
+    two threads mocov3's loss moves by 3e-6) and torch's deterministic-algorithms flag off, as
+    ``train.deterministic=false`` expects it (a ``train.deterministic=true`` run earlier in the
+    process leaves it on; on the CPU it changes none of these numbers today); both restored
+    afterwards, so other tests see the state they had."""
     import torch
 
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
