@@ -19,12 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydicom import uid
 
 __all__ = ["DECODER_DEPENDENCIES", "PLUGIN", "SYNTAXES", "is_available", "register"]
 
 PLUGIN = "imagecodecs"
-SYNTAXES = (uid.JPEGLossless, uid.JPEGLosslessSV1)
+# JPEG Lossless Process 14 and its Selection Value 1 (pydicom's ``uid.JPEGLossless`` and
+# ``uid.JPEGLosslessSV1``), as plain strings so that importing this module does not import pydicom.
+SYNTAXES = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
 # imagecodecs wheels bundle libjpeg-turbo >= 3 (lossless JPEG) since 2023.9.18.
 DECODER_DEPENDENCIES = {syntax: ("imagecodecs>=2024.1.1",) for syntax in SYNTAXES}
 

@@ -169,3 +169,14 @@ def test_lookup_table_grey_with_a_voi_lut_sequence():
     ds = _dataset(arr[:1], bits=12, predictor=None)
     ds.VOILUTSequence = Sequence([item])
     np.testing.assert_array_equal(to_display_grey(arr, ds), io_dicom._grey_values(arr, ds, "MONOCHROME2"))
+
+
+def test_plugin_is_registered_for_jpeg_lossless_only():
+    from pydicom.pixels.decoders import JPEGExtended12BitDecoder, JPEGLosslessDecoder, JPEGLosslessSV1Decoder
+
+    from priormim.io_dicom_imagecodecs import SYNTAXES
+
+    assert SYNTAXES == (JPEGLossless, JPEGLosslessSV1)
+    assert register() and register()  # idempotent
+    assert PLUGIN in JPEGLosslessDecoder.available_plugins and PLUGIN in JPEGLosslessSV1Decoder.available_plugins
+    assert PLUGIN not in JPEGExtended12BitDecoder.available_plugins
