@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 
 import torch
 
@@ -29,19 +30,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--segmentor", default="unext_s", choices=("unext_s", "unet"))
+    ap.add_argument("--rounds", type=int, default=1, help="MAE, VasoMIM alternated this many times (load drift)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 on a shared machine: "
+                    "spinning OpenMP threads of busy processes slow each other down many times)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     size = dataclasses.replace(FULL, encoder=args.model, img=args.img, batch=args.batch, steps=args.steps,
                                warmup=args.warmup)
     seg = freeze(VesselSegmentor(arch=args.segmentor).to(device))
-    mae = step_rate("mae", size, device, compile_model=False, segmentor=seg)
-    vaso = step_rate("vasomim", size, device, compile_model=False, segmentor=seg)
+    ratios = []
+    for _ in range(args.rounds):
+        mae = step_rate("mae", size, device, compile_model=False, segmentor=seg)
+        vaso = step_rate("vasomim", size, device, compile_model=False, segmentor=seg)
+        ratios.append(vaso["step_s"] / mae["step_s"])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     shares = ", ".join(f"{k} {100 * t / vaso['step_s']:.1f}%" for k, t in vaso["parts"].items())
     print(f"| {args.model} | {args.img}px | batch {args.batch} | {name} | segmentor {args.segmentor} | "
           f"MAE {mae['step_s'] * 1e3:.0f} ms | VasoMIM {vaso['step_s'] * 1e3:.0f} ms | "
-          f"ratio {vaso['step_s'] / mae['step_s']:.2f}x | {shares} |")
+          f"ratio {statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)}) | {shares} |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ The pipeline follows DICOM PS3.3 C.11 and uses pydicom's own functions at each s
 
 1. decode the stored values (any transfer syntax pydicom has a decoder for; the decoders for
    JPEG Lossless, JPEG baseline/extended, JPEG-LS, JPEG 2000 and RLE are dependencies of
-   the project: ``pylibjpeg`` + ``pylibjpeg-libjpeg`` / ``-openjpeg`` / ``-rle``);
+   the project: ``imagecodecs`` for grey JPEG Lossless, the syntax of most XA archives, as a
+   pydicom plugin (:mod:`priormim.io_dicom_imagecodecs`, the fastest decoder here, with
+   fallback to the others), ``python-gdcm``, ``pylibjpeg`` + ``pylibjpeg-libjpeg`` /
+   ``-openjpeg`` / ``-rle``);
 2. colour images (RGB, YBR_* which pydicom converts to RGB, PALETTE COLOR through
    :func:`pydicom.pixels.apply_color_lut`) become grey by luma (ITU-R BT.601 weights, i.e.
    the Y of YBR_FULL), scaled by the stored range;
@@ -28,11 +31,13 @@ contrast arrives.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from priormim import io_dicom_imagecodecs as _imagecodecs
 from priormim.errors import UserError
 
 __all__ = [
@@ -46,6 +51,8 @@ __all__ = [
     "read_dicom_sequence",
     "to_display_grey",
 ]
+
+log = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 # BT.601 luma: the Y of YBR_FULL, so an RGB image and its YBR encoding give the same grey.
@@ -163,8 +170,14 @@ def to_display_grey(arr: np.ndarray, ds) -> np.ndarray:
         arr: decoded pixels as pydicom returns them: ``[H, W]``, ``[T, H, W]`` (grey or palette),
             ``[H, W, 3]`` or ``[T, H, W, 3]`` (colour, already RGB).
         ds: the file's dataset (pixel module, Modality LUT and VOI LUT modules are read).
+
+    Grey 8/16-bit integer data larger than its value range goes through a lookup table: the
+    transform below applied to every value the stored type can hold, then one gather. Every
+    step is a function of the stored value alone (the data range of the no-window case is
+    taken over the values present), so the result is the same, bit for bit, as applying it
+    per pixel, and it costs one table look-up per pixel instead of several float64 passes.
     """
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_color_lut
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric == "PALETTE COLOR":
@@ -175,6 +188,35 @@ def to_display_grey(arr: np.ndarray, ds) -> np.ndarray:
         bits = int(ds.get("BitsStored") or 8)
         grey = arr[..., :3].astype(np.float64) @ _LUMA
         return np.clip(grey / float(2**bits - 1), 0.0, 1.0).astype(np.float32)
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2 and arr.dtype.isnative and arr.size > (1 << (8 * arr.dtype.itemsize)):
+        return _grey_by_lut(arr, ds, photometric)
+    return _grey_values(arr, ds, photometric)
+
+
+def _grey_by_lut(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
+    """:func:`_grey_values` as a table over the stored type, indexed by the pixels' bit patterns."""
+    from pydicom.pixels import apply_modality_lut
+
+    size = 1 << (8 * arr.dtype.itemsize)
+    unsigned = np.dtype(f"u{arr.dtype.itemsize}")
+    # Table entry k is the value whose bit pattern is k (0..127, -128..-1 for int8), so
+    # ``table[arr.view(unsigned)]`` looks every pixel up, signed or not.
+    domain = np.arange(size, dtype=unsigned).view(arr.dtype)
+    data_range = None
+    if not _has_voi(ds) and not _has_full_range(ds):
+        present = np.bincount(arr.view(unsigned).ravel(), minlength=size) > 0
+        values = apply_modality_lut(domain[present], ds).astype(np.float64)
+        data_range = (float(values.min()), float(values.max()))
+    table = _grey_values(domain, ds, photometric, data_range=data_range)
+    return np.take(table, arr.view(unsigned))
+
+
+def _grey_values(arr: np.ndarray, ds, photometric: str, *, data_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Grey stored values ``[...]`` -> display grey ``float32 [...]``, per value: Modality LUT,
+    VOI LUT or window, scaling by the output range, MONOCHROME1 inversion. ``data_range``:
+    the range (after the Modality LUT) of the no-window case; by default ``arr``'s own."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     values = apply_modality_lut(arr, ds)
     voi_seq = ds.get("VOILUTSequence")
     if voi_seq:
@@ -190,6 +232,8 @@ def to_display_grey(arr: np.ndarray, ds) -> np.ndarray:
         out = values.astype(np.float64)
         if _has_full_range(ds):
             lo, hi = _stored_range(ds)
+        elif data_range is not None:
+            lo, hi = data_range
         else:  # as viewers do without a window: the data's own range (over all frames given)
             lo, hi = float(out.min()), float(out.max())
     grey = np.clip((out - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros(out.shape)
@@ -223,9 +267,35 @@ def iter_dicom_frames(
     yield from _frames_of(ds, path, indices=indices, chunk=chunk)
 
 
-def _frames_of(ds, path: Path, *, indices: Sequence[int] | None, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+def _decoded(ds, wanted: list[int]) -> Iterator[np.ndarray]:
+    """Stored values of the ``wanted`` frames, one ``[H, W(, 3)]`` array each.
+
+    JPEG Lossless goes through the imagecodecs plugin (libjpeg-turbo 3, the fastest decoder
+    here) when it is installed; if it fails on a frame, that frame and the rest go through
+    pydicom's other plugins (gdcm, then pylibjpeg), so a stream libjpeg-turbo refuses still
+    reads."""
     from pydicom.pixels import iter_pixels
 
+    done = 0
+    if _fast_plugin(ds):
+        try:
+            for frame in iter_pixels(ds, indices=wanted, decoding_plugin=_imagecodecs.PLUGIN):
+                yield frame
+                done += 1
+            return
+        except Exception as exc:  # any failure: the other plugins decide
+            log.debug("imagecodecs could not decode frame %d (%s); using pydicom's other decoders", done, exc)
+    if done < len(wanted):
+        yield from iter_pixels(ds, indices=wanted[done:])
+
+
+def _fast_plugin(ds) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    return ts in _imagecodecs.SYNTAXES and int(ds.get("SamplesPerPixel", 1)) == 1 and _imagecodecs.register()
+
+
+def _frames_of(ds, path: Path, *, indices: Sequence[int] | None, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
     info = _info(ds, path)
     wanted = list(range(info.frames)) if indices is None else sorted(int(i) for i in indices)
     if not _has_voi(ds) and not _has_full_range(ds):
@@ -242,8 +312,7 @@ def _frames_of(ds, path: Path, *, indices: Sequence[int] | None, chunk: int) -> 
         idx.clear()
 
     try:
-        frames = iter_pixels(ds, indices=wanted) if info.frames > 1 else iter([ds.pixel_array])
-        for i, frame in zip(wanted, frames):
+        for i, frame in zip(wanted, _decoded(ds, wanted)):
             buf.append(frame)
             idx.append(i)
             if len(buf) >= chunk:

@@ -120,3 +120,19 @@ def test_cli_exit_code_when_nothing_is_readable(tmp_path: Path, capsys):
     assert main(["ingest", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
     assert "skipped" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_written_pngs_hold_the_source_frames_exactly(tmp_path: Path):
+    from PIL import Image
+
+    from priormim.data.synth_cine import write_cine_dicom
+
+    cine = synthesize_cine(size=64, frames=10, seed=5)
+    write_cine_dicom(tmp_path / "in" / "run.dcm", cine.frames, syntax="jpeg-lossless")
+    s = ingest([tmp_path / "in"], tmp_path / "pool", frames="all", dedup_bits=-1, progress=False)
+    entries = read_manifest(s.manifest)
+    assert sorted(int(e.extra["frame"]) for e in entries) == list(range(10))
+    for e in entries:
+        with Image.open(e.image) as im:
+            assert im.mode == "L" and not im.info  # grey, no metadata chunks
+            np.testing.assert_array_equal(np.asarray(im), cine.frames[int(e.extra["frame"])])

@@ -28,6 +28,12 @@ COMMAND_MODULES = (
     "ingest",
     "visualize",
 )
+# Modules under priormim.cli that each add one KIND to `priormim synth KIND` (a
+# ``register_synth(synth_subparsers)`` function); ``synth xca`` is built into cli/synth.py.
+SYNTH_MODULES = (
+    "synth_cxr",
+    "synth_cine",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,8 @@
 
 ``priormim synth xca --out DIR [--n 64] [--size 256] [--seed 0]`` writes synthetic coronary
 angiograms to ``DIR/images/`` and their vessel masks to ``DIR/masks/`` (same file names).
-``priormim synth cxr`` (chest X-rays with gaze maps) is registered by ``synth_cxr`` when present.
+Other kinds are added by the modules in ``priormim.cli.SYNTH_MODULES``: ``synth cxr`` (chest
+X-rays with gaze maps), ``synth cine`` (angiography cine runs for ``priormim ingest``).
 """
 
 from __future__ import annotations
@@ -67,12 +68,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     xca.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
     xca.set_defaults(func=_run_xca)
 
-    # import_module, not "from priormim.cli import synth_cxr": the latter raises a plain
-    # ImportError (no .name) when the module is absent.
-    try:
-        synth_cxr = importlib.import_module("priormim.cli.synth_cxr")
-    except ModuleNotFoundError as exc:
-        if exc.name != "priormim.cli.synth_cxr":
-            raise
-    else:
-        synth_cxr.register_synth(synth_subparsers)
+    from priormim.cli import SYNTH_MODULES
+
+    for name in SYNTH_MODULES:
+        # import_module, not "from priormim.cli import ...": the latter raises a plain
+        # ImportError (no .name) when the module is absent.
+        try:
+            module = importlib.import_module(f"priormim.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"priormim.cli.{name}":
+                raise
+        else:
+            module.register_synth(synth_subparsers)

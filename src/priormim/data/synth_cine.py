@@ -130,7 +130,7 @@ def encode_jpeg_lossless(frame: np.ndarray) -> bytes:
     try:
         import imagecodecs
     except ImportError as exc:
-        raise UserError("writing JPEG Lossless needs imagecodecs (pip install imagecodecs, in priormim[dev]); "
+        raise UserError("writing JPEG Lossless needs imagecodecs (a dependency of priormim: pip install imagecodecs); "
                         "or use --syntax rle") from exc
     bits = 8 if frame.dtype == np.uint8 else 16
     return bytes(imagecodecs.jpeg8_encode(np.ascontiguousarray(frame), lossless=True, predictor=1, bitspersample=bits))

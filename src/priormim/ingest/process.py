@@ -11,14 +11,12 @@ time).
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from priormim.errors import UserError
 from priormim.ingest.dedup import dhash, hash_hex, near_duplicates
@@ -26,7 +24,14 @@ from priormim.ingest.select import FrameRule, contrast_curve, select_frames
 from priormim.ingest.sources import read_source
 from priormim.io import atomic_write_bytes, to_uint8
 
-__all__ = ["IngestParams", "frame_name", "process_source", "source_id", "source_key"]
+__all__ = ["PNG_ENCODING", "IngestParams", "encode_png", "frame_name", "process_source", "source_id", "source_key"]
+
+# zlib level 1, run-length strategy, Sub filter (OpenCV's fast PNG settings): on 512 px
+# synthetic cine frames 3.7 ms and 103 KiB a frame against PIL's default (level 6, adaptive
+# filters) 60 ms and 102 KiB; on the DCA1 angiograms 1.5 ms / 33.6 KiB against 19 ms / 32.4 KiB.
+# Part of the journal's parameters: a change re-encodes every source (the manifest's sha256
+# is of the PNG bytes).
+PNG_ENCODING = "zlib1-rle-sub"
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,16 @@ class IngestParams:
 
     def as_dict(self) -> dict[str, Any]:
         return {"frames": str(self.rule), "level": self.rule.level, "dedup_bits": self.dedup_bits,
-                "contrast_size": self.contrast_size, "bright_vessels": self.bright_vessels}
+                "contrast_size": self.contrast_size, "bright_vessels": self.bright_vessels, "png": PNG_ENCODING}
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """A ``uint8 [H, W]`` frame as grey PNG bytes (no metadata chunks), fast settings."""
+    import imagecodecs
+
+    png = imagecodecs.PNG
+    return bytes(imagecodecs.png_encode(np.ascontiguousarray(pixels), level=png.COMPRESSION.SPEED,
+                                        strategy=png.STRATEGY.RLE, filter=png.FILTER.SUB))
 
 
 def source_id(path: Path) -> str:
@@ -90,16 +104,14 @@ def process_source(path: str, out: str, params: IngestParams) -> dict[str, Any]:
     hashes = dhash(frames[chosen])
     dup = near_duplicates(hashes, max_distance=params.dedup_bits)
     sid = source_id(p)
+    keep = np.flatnonzero(~dup)  # positions in ``chosen``
+    pixels_kept = to_uint8(frames[chosen[keep]])  # one conversion for every written frame
     rows = []
-    for k, t in enumerate(chosen.tolist()):
-        if dup[k]:
-            continue
-        pixels = to_uint8(frames[t])
+    for k, pixels in zip(keep.tolist(), pixels_kept):
+        t = int(chosen[k])
         name = frame_name(pixels)
         rel = f"frames/{name[:2]}/{name}.png"
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG")
-        data = buf.getvalue()
+        data = encode_png(pixels)
         target = root / rel
         if not (target.is_file() and target.stat().st_size == len(data)):
             atomic_write_bytes(target, data)
