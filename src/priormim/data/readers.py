@@ -15,7 +15,6 @@ the fix. Images are opened only where a check needs their size.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from skimage.draw import polygon, polygon_perimeter
 
 from priormim.errors import UserError
-from priormim.io import is_image_file, list_images, read_mask
+from priormim.io import is_image_file, list_images, read_csv_rows, read_mask  # noqa: F401 - read_csv_rows re-exported
 
 __all__ = [
     "SegPair",
@@ -102,25 +101,6 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise UserError(f"cannot read image header ({exc}); the file is corrupt or not an image", path) from exc
     except Exception as exc:  # pydicom raises many types for broken files
         raise UserError(f"cannot read DICOM header ({type(exc).__name__}: {exc}); the file is corrupt", path) from exc
-
-
-def read_csv_rows(path: Path, *, empty: str = "CSV file is empty; it needs a header row") -> tuple[list[str], list[dict[str, str]]]:
-    """``(header, rows)`` of a UTF-8 CSV: rows as dicts, names and values stripped (a BOM too),
-    blank rows dropped. UserError naming ``path`` (with ``empty`` for a file without a header)
-    for undecodable or malformed files."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise UserError(empty, path)
-            header = [h.strip() for h in header]
-            rows = [dict(zip(header, (v.strip() for v in row))) for row in reader if any(v.strip() for v in row)]
-    except UnicodeDecodeError as exc:
-        raise UserError(f"is not a UTF-8 text CSV ({exc}); save it as CSV (UTF-8)", path) from exc
-    except csv.Error as exc:
-        raise UserError(f"is not a valid CSV ({exc}); fix the file", path) from exc
-    return header, rows
 
 
 def _read_csv(path: Path, required: tuple[str, ...], fix: str) -> tuple[list[str], list[dict[str, str]]]:

@@ -180,7 +180,7 @@ def _write_manifest(out: Path, params: dict[str, Any], files: dict[str, Any], *,
 
 def _write_csv_manifest(out: Path, files: dict[str, Any], csv_name: str) -> Path:
     """The data manifest (image, prior, bytes, checksums) of ``files`` entries, sorted by image."""
-    from priormim.data.manifest import ManifestEntry, write_manifest
+    from priormim.io_manifest import ManifestEntry, write_manifest
 
     rows = sorted(files.items(), key=lambda kv: kv[1].get("source", ""))
     return write_manifest(
@@ -262,7 +262,7 @@ def compute_vessel_priors(
         UserError: missing/empty image folder, ``out`` equal to the image folder, bad
             parameters or an unavailable device.
     """
-    from priormim.data.manifest import file_sha256, shard_paths
+    from priormim.io_manifest import file_sha256, shard_paths
 
     out = Path(out)
     if isinstance(images, (str, Path)):
