@@ -10,6 +10,7 @@ Failures raise :class:`priormim.errors.UserError` naming the file.
 
 from __future__ import annotations
 
+import csv
 import errno
 import logging
 import os
@@ -170,6 +171,25 @@ class WriteError(UserError, OSError):
     def __init__(self, message: str, path: str | Path | None = None, errno_: int | None = None) -> None:
         UserError.__init__(self, message, path)
         self.errno = errno_
+
+
+def read_csv_rows(path: Path, *, empty: str = "CSV file is empty; it needs a header row") -> tuple[list[str], list[dict[str, str]]]:
+    """``(header, rows)`` of a UTF-8 CSV: rows as dicts, names and values stripped (a BOM too),
+    blank rows dropped. UserError naming ``path`` (with ``empty`` for a file without a header)
+    for undecodable or malformed files."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise UserError(empty, path)
+            header = [h.strip() for h in header]
+            rows = [dict(zip(header, (v.strip() for v in row))) for row in reader if any(v.strip() for v in row)]
+    except UnicodeDecodeError as exc:
+        raise UserError(f"is not a UTF-8 text CSV ({exc}); save it as CSV (UTF-8)", path) from exc
+    except csv.Error as exc:
+        raise UserError(f"is not a valid CSV ({exc}); fix the file", path) from exc
+    return header, rows
 
 
 def _write_fix(exc: OSError) -> str:

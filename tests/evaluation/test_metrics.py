@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from priormim.evaluation import metrics as M
+from priormim import metrics as M  # the code's home: monkeypatching reaches it there
 from priormim.evaluation.metrics import (
     SegmentationMeter,
     binary_auc,

@@ -36,6 +36,9 @@ from priormim.benchmark.budgets import Budget, get_budget
 from priormim.benchmark.cells import Cell, CellOutcome, Progress, _fmt_duration, run_cell
 from priormim.benchmark.data import BenchData, SegDataset, pool_fingerprint, prepare_data, vesselness_border
 from priormim.benchmark.methods import label, select_methods
+from priormim.benchmark.record import (  # noqa: F401 - BENCH_FILE, dataset_*, read_bench_record re-exported
+    BENCH_FILE, SEGMENTOR, check_same_setup, dataset_from_record, dataset_record, hash_names, read_bench_record,
+)
 from priormim.errors import UserError
 from priormim.io import atomic_write_bytes
 
@@ -45,10 +48,6 @@ SUITES = {
     "xca-small": "synthetic X-ray coronary angiograms (labelled train/val/test and an unlabelled pool), "
     "plus every --real segmentation folder and --unlabelled image folder",
 }
-SEGMENTOR = "_segmentor"
-BENCH_FILE = "bench.json"
-# bench.json keys that must match on a re-run (seeds and methods may change freely).
-_FIXED_KEYS = ("suite", "budget", "data_seed", "real", "unlabelled", "real_in_pool", "pool")
 
 
 @dataclass
@@ -283,45 +282,6 @@ def _bench_record(cfg: BenchConfig, data: BenchData, recipes: tuple[str, ...], b
     }
 
 
-def hash_names(names: list[str]) -> str:
-    import hashlib
-
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
-
-
-def dataset_record(ds: SegDataset) -> dict:
-    return {"name": ds.name, "kind": ds.kind, "image_size": ds.image_size,
-            **{k: str(getattr(ds, k)) for k in ("train", "val", "test", "root") if getattr(ds, k) is not None},
-            "split_seed": ds.split_seed, "split": ds.split}
-
-
-def dataset_from_record(d: dict) -> SegDataset:
-    paths = {k: Path(d[k]) for k in ("train", "val", "test", "root") if d.get(k)}
-    return SegDataset(name=d["name"], kind=d["kind"], image_size=int(d["image_size"]), split_seed=int(d.get("split_seed", 0)),
-                      split=d.get("split") or {}, **paths)
-
-
-def read_bench_record(out: Path) -> dict | None:
-    path = Path(out) / BENCH_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UserError(f"unreadable ({exc}); delete it to start the bench in this folder again", path) from exc
-
-
-def _check_same_setup(old: dict | None, new: dict, out: Path) -> None:
-    """UserError if ``out`` holds cells made with other data or another budget."""
-    if old is None:
-        return
-    differ = [k for k in _FIXED_KEYS if k in new and old.get(k) != new.get(k)]
-    if differ:
-        raise UserError(
-            f"holds a bench made with a different {', '.join(differ)}; finished cells would not be comparable. "
-            "Use a new --out (seeds and methods may change between runs, the data and budget may not)", out)
-
-
 # ----------------------------------------------------------------------------------------------
 # The run
 
@@ -344,7 +304,7 @@ def run_bench(cfg: BenchConfig, echo=print) -> BenchSummary:
     if methods.missing:
         echo(f"skipping recipes that are not installed: {', '.join(methods.missing)}")
     old = read_bench_record(out)
-    _check_same_setup(old, _setup_record(cfg), out)  # before any data is generated
+    check_same_setup(old, _setup_record(cfg), out)  # before any data is generated
 
     echo(f"bench {cfg.suite}, budget {budget.name}: seeds {list(cfg.seeds)}; baselines {', '.join(methods.baselines) or 'none'}; "
          f"recipes {', '.join(methods.recipes) or 'none'}")
@@ -355,7 +315,7 @@ def run_bench(cfg: BenchConfig, echo=print) -> BenchSummary:
         real_in_pool=cfg.real_in_pool, n_examples=budget.n_example_images, prior_device=str(_device(cfg)),
     )
     record = _bench_record(cfg, data, methods.recipes, methods.baselines)
-    _check_same_setup(old, record, out)
+    check_same_setup(old, record, out)
     atomic_write_bytes(out / BENCH_FILE, json.dumps(record, indent=1).encode("utf-8"))
     echo(f"data ready in {time.perf_counter() - t:.1f} s: data sets {', '.join(d.name for d in data.datasets)}; "
          f"pretraining pool {data.pool_size} images ({', '.join(f'{k} {v}' for k, v in data.pool_sources.items())})")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from priormim.benchmark.cells import read_done
 from priormim.benchmark.methods import BASELINES, DEFAULT_RECIPES, label
-from priormim.evaluation.metrics import mean_std
+from priormim.metrics import mean_std
 
 SEG_METRICS = ("dice", "cldice", "precision", "recall")
 METRIC_NAMES = {"dice": "DSC", "cldice": "clDice", "precision": "Precision", "recall": "Recall",

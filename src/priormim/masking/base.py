@@ -135,6 +135,30 @@ def fill_uniform(chosen: Tensor, n_mask: int, generator: torch.Generator | None)
     return top_n_mask(u + chosen.to(u.dtype), n_mask)
 
 
+def random_mask(
+    batch_size: int,
+    num_patches: int,
+    mask_ratio: float,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Uniform random mask, bool ``[batch_size, num_patches]``, exactly
+    ``num_masked(num_patches, mask_ratio)`` True per row.
+
+    Same draw as MAE's ``random_masking``: per-patch noise ``torch.rand(B, L)``, the
+    ``len_keep`` lowest-noise patches stay visible. With the same generator state the mask
+    equals MAE's. ``device`` defaults to the generator's device (CPU without one).
+    """
+    if int(batch_size) != batch_size or batch_size < 0:
+        raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
+    n_mask = num_masked(num_patches, mask_ratio)
+    if device is None and generator is not None:
+        device = generator.device  # a CUDA generator implies CUDA masks
+    noise = torch.rand((int(batch_size), int(num_patches)), generator=generator, device=device)
+    return top_n_mask(noise, n_mask)  # highest noise = masked, as MAE keeps the lowest
+
+
 # --------------------------------------------------------------------------- indices
 @dataclass
 class MaskIndices:
@@ -233,8 +257,6 @@ class MaskingStrategy(ABC):
 
     def random_fallback(self, ctx: MaskingContext) -> Tensor:
         """MAE's uniform masking for a batch that has no prior; bool ``[B, L]``."""
-        from .random import random_mask  # random.py imports this module
-
         return random_mask(
             ctx.batch_size, ctx.num_patches, self.mask_ratio, device=ctx.device, generator=ctx.generator
         )

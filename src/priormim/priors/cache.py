@@ -8,11 +8,12 @@ matches (same parameters, same source size and mtime, output present), so an int
 job resumes where it stopped; unreadable images are counted, logged and skipped. The
 parameters include the recipe (``preset``: ``official`` or ``priormim``, see
 :func:`priormim.priors.vessel_mask`), so priors of one recipe are never reused for the other.
+The state files (``manifest.json``, shard states and their merge, ``manifest.csv``) are
+read and written by :mod:`~priormim.priors.cache_state`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,7 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from priormim.errors import UserError
-from priormim.io import atomic_write_bytes, list_images, read_gray, read_mask, write_png
+from priormim.io import list_images, read_gray, read_mask, write_png
+from priormim.priors.cache_state import (  # noqa: F401 - MANIFEST_NAME, merge_vessel_shards, read_manifest re-exported
+    KIND, MANIFEST_NAME, VERSION, merge_if_complete, merge_vessel_shards, read_manifest, refuse_foreign_folder,
+    shard_state_name, source_stamp, write_data_manifest, write_state,
+)
 from priormim.priors.vessel import KEEP_MODES, PRESET_DEFAULTS, PRESETS, vessel_mask
 
 __all__ = [
@@ -43,9 +48,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-_KIND = "vessel"
-_VERSION = 1  # bump when the algorithm changes so old caches are recomputed
 # Parameters besides ``preset``; None takes the preset's value (PRESET_DEFAULTS).
 DEFAULT_PARAMS: dict[str, Any] = {
     "percentile": 92.0,
@@ -55,7 +57,6 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "black_ridges": True,
     "collimator": None,
 }
-_LEGACY_PRESET = "priormim"  # manifests written before presets existed used this recipe
 
 
 @dataclass
@@ -145,75 +146,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def read_manifest(out: str | Path, name: str = MANIFEST_NAME) -> dict[str, Any] | None:
-    """The manifest of a prior folder, or None if there is none (or it is unreadable).
-
-    Parameters recorded before presets existed get ``"preset": "priormim"`` (the recipe
-    that made them), so those caches stay valid for that preset."""
-    path = Path(out) / name
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        logger.warning("%s: unreadable manifest (%s); priors will be recomputed", path, exc)
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
-        logger.warning("%s: manifest has an unexpected layout; priors will be recomputed", path)
-        return None
-    params = data.get("params")
-    if isinstance(params, dict) and "preset" not in params and data.get("kind", _KIND) == _KIND:
-        data["params"] = {"preset": _LEGACY_PRESET, **params}
-    return data
-
-
-def shard_state_name(index: int, count: int) -> str:
-    """State file of shard ``index`` of ``count``: ``manifest.shard-0003-of-0008.json``."""
-    return f"manifest.shard-{index:04d}-of-{count:04d}.json"
-
-
-def _write_manifest(out: Path, params: dict[str, Any], files: dict[str, Any], *, name: str = MANIFEST_NAME,
-                    extra: dict[str, Any] | None = None) -> None:
-    data = {"kind": _KIND, "version": _VERSION, "params": params, **(extra or {}), "files": files}
-    atomic_write_bytes(out / name, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
-
-
-def _write_csv_manifest(out: Path, files: dict[str, Any], csv_name: str) -> Path:
-    """The data manifest (image, prior, bytes, checksums) of ``files`` entries, sorted by image."""
-    from priormim.data.manifest import ManifestEntry, write_manifest
-
-    rows = sorted(files.items(), key=lambda kv: kv[1].get("source", ""))
-    return write_manifest(
-        out / csv_name,
-        [
-            ManifestEntry(image=Path(e["source"]), prior=out / name, bytes=e.get("source_size"),
-                          sha256=e.get("sha256"), prior_sha256=e.get("prior_sha256"))
-            for name, e in rows
-            if (out / name).is_file()
-        ],
-    )
-
-
-def _refuse_foreign_folder(out: Path) -> None:
-    """A folder with image files but no prior manifest holds someone else's files (e.g.
-    hand-made masks passed as ``data.priors``): computing priors there would overwrite them."""
-    from priormim.io import is_image_file
-
-    if any(out.glob("manifest*.json")):
-        return
-    foreign = next((p for p in sorted(out.iterdir()) if is_image_file(p)), None)
-    if foreign is not None:
-        raise UserError(f"holds image files ({foreign.name}, ...) but no prior manifest (manifest.json), so they were not "
-                        "written by priormim and computing priors here would overwrite them; to use your own masks as "
-                        "priors list them in a manifest CSV (columns image,prior) and pass --manifest, or choose an "
-                        "empty folder", out)
-
-
-def _source_stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
 _FLUSH_SECONDS = 10.0  # rewrite the state file at most this often (and at the end)
 
 
@@ -262,7 +194,7 @@ def compute_vessel_priors(
         UserError: missing/empty image folder, ``out`` equal to the image folder, bad
             parameters or an unavailable device.
     """
-    from priormim.data.manifest import file_sha256, shard_paths
+    from priormim.io_manifest import file_sha256, shard_paths
 
     out = Path(out)
     if isinstance(images, (str, Path)):
@@ -287,14 +219,14 @@ def compute_vessel_priors(
     if not os.access(out, os.W_OK):
         raise UserError("the output folder is not writable; fix its permissions or pick another --out", out)
 
-    _refuse_foreign_folder(out)
+    refuse_foreign_folder(out)
     state_name = MANIFEST_NAME if shard is None else shard_state_name(*shard)
     csv_name = "manifest.csv" if shard is None else state_name.replace(".json", ".csv")
 
     def matching(manifest: dict[str, Any] | None) -> dict[str, Any]:
         if manifest is None:
             return {}
-        if manifest.get("params") == params and manifest.get("version") == _VERSION and manifest.get("kind") == _KIND:
+        if manifest.get("params") == params and manifest.get("version") == VERSION and manifest.get("kind") == KIND:
             return dict(manifest["files"])
         old = manifest.get("params") if isinstance(manifest.get("params"), dict) else {}
         if manifest["files"] and old.get("preset") != params["preset"]:
@@ -340,7 +272,7 @@ def compute_vessel_priors(
         if path not in mine:
             continue
         name = prior_path(out, path).name
-        stamp = _source_stamp(path)
+        stamp = source_stamp(path)
         entry = entries.get(name)
         done = False
         if entry is not None and (out / name).is_file():
@@ -364,7 +296,7 @@ def compute_vessel_priors(
     def flush(force: bool = False) -> None:
         nonlocal last_flush
         if force or time.monotonic() - last_flush >= _FLUSH_SECONDS:
-            _write_manifest(out, params, entries, name=state_name, extra=extra)
+            write_state(out, params, entries, name=state_name, extra=extra)
             last_flush = time.monotonic()
 
     if not (out / state_name).exists():
@@ -422,55 +354,10 @@ def compute_vessel_priors(
         except OSError as exc:
             raise UserError(f"cannot write the prior manifest ({exc.strerror or exc}); free disk space or fix permissions",
                             out / state_name) from exc
-    _write_csv_manifest(out, entries, csv_name)
+    write_data_manifest(out, entries, csv_name)
     if shard is not None:
-        summary.merged = _merge_if_complete(out, shard[1])
+        summary.merged = merge_if_complete(out, shard[1])
     return summary
-
-
-def _shard_states(out: Path, count: int) -> dict[int, dict[str, Any] | None]:
-    return {i: read_manifest(out, shard_state_name(i, count)) for i in range(count)}
-
-
-def _merge_if_complete(out: Path, count: int) -> bool:
-    states = _shard_states(out, count)
-    if all(s is not None and s.get("complete") for s in states.values()):
-        merge_vessel_shards(out, count=count)
-        return True
-    return False
-
-
-def merge_vessel_shards(out: str | Path, *, count: int | None = None) -> tuple[Path, int]:
-    """Merge the per-shard states of ``out`` into ``manifest.json`` and ``manifest.csv``.
-
-    ``count`` (the N of ``--shard I/N``) is read from the state file names when not given.
-    Returns ``(manifest.csv path, number of priors)``. Raises UserError when a shard is
-    missing or unfinished, or the shards were made with different parameters.
-    """
-    out = Path(out)
-    if count is None:
-        counts = sorted({int(p.name.split("-of-")[1].split(".")[0]) for p in out.glob("manifest.shard-*-of-*.json")})
-        if not counts:
-            raise UserError("holds no shard states (manifest.shard-I-of-N.json); run `priormim prior vessel --shard I/N` first", out)
-        if len(counts) > 1:
-            raise UserError(f"holds shard states of different runs (N = {', '.join(map(str, counts))}); delete the stale ones", out)
-        count = counts[0]
-    states = _shard_states(out, count)
-    missing = [i for i, s in states.items() if s is None or not s.get("complete")]
-    if missing:
-        listed = ", ".join(f"{i}/{count}" for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise UserError(f"{len(missing)} of {count} shards are missing or unfinished ({listed}); run them, then merge again", out)
-    params = {json.dumps(s["params"], sort_keys=True) for s in states.values()}
-    if len(params) != 1:
-        raise UserError("the shards were computed with different parameters; re-run them with the same options", out)
-    files: dict[str, Any] = {}
-    for i in range(count):
-        files.update(states[i]["files"])
-    first = states[0]
-    _write_manifest(out, first["params"], dict(sorted(files.items())))
-    path = _write_csv_manifest(out, files, "manifest.csv")
-    logger.info("merged %d shards into %s (%d priors)", count, path, len(files))
-    return path, len(files)
 
 
 def ensure_vessel_priors(

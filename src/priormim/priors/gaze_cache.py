@@ -238,7 +238,7 @@ def compute_gaze_priors(
 def _write_data_manifest(out: Path, image_files: list[Path], files: dict[str, dict]) -> None:
     """``out/manifest.csv``: image, heatmap, sizes and checksums of every cached image, for
     ``priormim pretrain --manifest`` (see :mod:`priormim.data.manifest`)."""
-    from priormim.data.manifest import make_entry, write_manifest
+    from priormim.io_manifest import make_entry, write_manifest
 
     entries = []
     for path in image_files:

@@ -59,7 +59,7 @@ from priormim.data.readers import (
     read_rsna_pneumonia,
 )
 from priormim.errors import UserError
-from priormim.evaluation.metrics import binary_auc, mean_std, multiclass_auc, multilabel_auc
+from priormim.metrics import binary_auc, mean_std, multiclass_auc, multilabel_auc
 from priormim.io import atomic_write_bytes, read_gray
 from priormim.models.classifier import (
     ClassifierInfo,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from priormim.errors import UserError
-from priormim.evaluation.metrics import mean_std
+from priormim.metrics import mean_std
 from priormim.io import atomic_write_bytes
 
 METRIC_KEYS = ("dice", "cldice", "precision", "recall")
