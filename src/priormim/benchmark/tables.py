@@ -2,13 +2,13 @@
 
 :func:`collect_scores` reads every finished fine-tuning / vesselness cell; :func:`aggregate`
 gives mean ± sample std over seeds per (method, data set, metric). A :class:`Table` renders
-the same rows as Markdown (``results.md``) and HTML (``report.html``).
+the same rows as Markdown (``results.md``) and HTML (``report.html``, rendered by the
+Jinja2 template ``benchmark/templates/report.html.j2`` from the same rows, bold and shade).
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 import math
@@ -142,22 +142,6 @@ class Table:
         if self.note:
             lines += ["", self.note]
         return "\n".join(lines) + "\n"
-
-    def html(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
-        body = []
-        for r, row in enumerate(self.rows):
-            tds = []
-            for j, c in enumerate(row):
-                style = ""
-                if (r, j) in self.shade:
-                    style = f' style="background: rgba(46, 134, 222, {0.08 + 0.42 * self.shade[(r, j)]:.2f})"'
-                text = html.escape(c)
-                tds.append(f"<td{style}>{'<b>' + text + '</b>' if (r, j) in self.bold else text}</td>")
-            body.append("<tr>" + "".join(tds) + "</tr>")
-        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
-        return (f"<h3>{html.escape(self.title)}</h3><table><thead><tr>{head}</tr></thead>"
-                f"<tbody>{''.join(body)}</tbody></table>{note}")
 
 
 def mark_best(table: Table, columns: dict[int, list[float]], *, lower_is_better: Sequence[int] = ()) -> None:
