@@ -266,6 +266,10 @@ def register_method_name(name: str) -> None:
     _REGISTERED_METHODS.add(str(name))
 
 
+def unregister_method_name(name: str) -> None:
+    _REGISTERED_METHODS.discard(str(name))
+
+
 def known_methods() -> list[str]:
     """Method names of the packaged recipes (``method:`` in ``configs/*.yaml``: MAE, VasoMIM and
     its ablations, VP-MIM and the zoo) and of the methods registered in code."""

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from priormim.config import PretrainConfig, register_method_name
+from priormim.config import PretrainConfig, register_method_name, unregister_method_name
 from priormim.errors import UserError
 from priormim.methods.base import LossOutput, MaskGuide, MethodOutput, PretrainMethod, StepInfo, detach_terms
 from priormim.methods.mae import MAEMethod, segmentor_probs
@@ -43,6 +43,12 @@ def register_method(name: str, method: type[PretrainMethod] | MethodFactory, *, 
     factory = method.from_config if isinstance(method, type) else method
     METHODS[name] = factory
     register_method_name(name)
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method registered with :func:`register_method` (tests, notebooks)."""
+    METHODS.pop(name, None)
+    unregister_method_name(name)
 
 
 def build_method(cfg: PretrainConfig, model: nn.Module | None = None) -> PretrainMethod:
@@ -82,4 +88,5 @@ __all__ = [
     "detach_terms",
     "register_method",
     "segmentor_probs",
+    "unregister_method",
 ]
