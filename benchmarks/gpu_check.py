@@ -90,6 +90,7 @@ def step_rate(recipe: str, size: Size, device: torch.device, *, compile_model: b
                                "train": {"amp": "auto"}})
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
+    # masked_step wraps the (compiled) network in the recipe's method, as the engine runs it.
     forward = torch.compile(model) if compile_model else model
     masking = build_masking_strategy(cfg)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
@@ -100,7 +101,7 @@ def step_rate(recipe: str, size: Size, device: torch.device, *, compile_model: b
     seg = segmentor if (cfg.consistency.enabled or cfg.masking.segmentor_weight > 0) else None
 
     def one() -> None:
-        step = masked_step(model, imgs, prior, masking=masking, cfg=cfg, forward=forward, segmentor=seg,
+        step = masked_step(forward, imgs, prior, masking=masking, cfg=cfg, segmentor=seg,
                            norm_mean=0.5, norm_std=0.25, progress=masking_progress(cfg, 0), step_progress=0.5,
                            generator=g)
         opt.zero_grad(set_to_none=True)

@@ -257,10 +257,23 @@ def _refuse_glued_colons(value: Any, item: str) -> None:
             _refuse_glued_colons(v, item)
 
 
+# Method names registered in code (priormim.methods.register_method), besides the recipes' ones.
+_REGISTERED_METHODS: set[str] = set()
+
+
+def register_method_name(name: str) -> None:
+    """Let :func:`validate_config` accept ``method: NAME`` (called by ``priormim.methods.register_method``)."""
+    _REGISTERED_METHODS.add(str(name))
+
+
+def unregister_method_name(name: str) -> None:
+    _REGISTERED_METHODS.discard(str(name))
+
+
 def known_methods() -> list[str]:
-    """Method names of the packaged recipes (``method:`` in ``configs/*.yaml``): MAE, VasoMIM and
-    its ablations, VP-MIM and the zoo."""
-    names = set()
+    """Method names of the packaged recipes (``method:`` in ``configs/*.yaml``: MAE, VasoMIM and
+    its ablations, VP-MIM and the zoo) and of the methods registered in code."""
+    names = set(_REGISTERED_METHODS)
     for p in PACKAGED_CONFIGS.glob("*.yaml"):
         try:
             m = (yaml.safe_load(p.read_text()) or {}).get("method")

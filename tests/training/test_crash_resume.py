@@ -24,7 +24,8 @@ from priormim.config import load_config
 from priormim.training.checkpoint import load_checkpoint
 from priormim.training.pretrain import pretrain
 
-# Park the process in the middle of the first training step after the second checkpoint.
+# Park the process in the middle of the first training step after the second checkpoint (the
+# step function patched is called once per step, after the forward and before the backward).
 BOOT = r"""
 import os, sys, time
 import torch
@@ -101,7 +102,7 @@ def test_pretrain_killed_mid_epoch_resumes_like_an_uninterrupted_run(tiny_xca, t
 
     run = tmp_path / "killed"
     _run_and_kill(["pretrain", "--config", "mae", "--data", str(data), "--out", str(run), *common],
-                  tmp_path, "priormim.training.pretrain", "compute_losses")
+                  tmp_path, "priormim.training.loop", "check_finite")
     ckpt = load_checkpoint(run / "last.ckpt")  # written by epoch 2 (index 1), intact
     assert ckpt["epoch"] == 1 and not (run / "encoder.safetensors").exists()
     assert ckpt["step"] == full.history[1]["step"]
@@ -129,7 +130,7 @@ def test_pretrain_interrupted_resume_logs_each_step_once(sig, tiny_xca, tiny_ove
     data = tiny_xca / "images"
     run = tmp_path / "stopped"
     _run_and_kill(["pretrain", "--config", "mae", "--data", str(data), "--out", str(run), *common],
-                  tmp_path, "priormim.training.pretrain", "compute_losses", sig, skip=2)
+                  tmp_path, "priormim.training.loop", "check_finite", sig, skip=2)
     assert load_checkpoint(run / "last.ckpt")["epoch"] == 1
     assert any(json.loads(ln)["epoch"] == 2 for ln in (run / "log.jsonl").read_text().splitlines())  # logged, then lost
     pretrain(load_config("mae", [*common, f"data.images={data}"]), run, resume=True)

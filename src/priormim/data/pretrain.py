@@ -165,7 +165,7 @@ class PretrainDataset(Dataset):
         )
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        from priormim.training.distributed import AUGMENT_STREAM, sample_seed
+        from priormim.data.seeds import AUGMENT_STREAM, sample_seed
 
         if isinstance(key, (tuple, list)):
             i, epoch = int(key[0]), int(key[1])

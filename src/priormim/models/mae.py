@@ -9,7 +9,6 @@ which keeps guided, gaze and random masking interchangeable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import timm
@@ -309,21 +308,6 @@ class MaskedAutoencoder(nn.Module):
         latent = self.forward_encoder(imgs, mask)
         pred, hidden = self.forward_decoder(latent, mask, return_hidden=return_hidden)
         return MAEOutput(pred=pred, mask=mask, latent=latent, decoder_hidden=hidden)
-
-    @classmethod
-    def from_run(cls, run: str | Path, *, checkpoint: str | Path | None = None) -> MaskedAutoencoder:
-        """The trained model of a ``priormim pretrain`` folder (``config.yaml`` + ``last.ckpt``), eval mode.
-
-        ``checkpoint`` picks another file of the run (e.g. ``RUN/checkpoint-0020.ckpt``). See
-        :func:`priormim.models.run.model_from_run`.
-        """
-        from priormim.errors import UserError
-        from priormim.models.run import model_from_run
-
-        model = model_from_run(run, checkpoint=checkpoint)
-        if not isinstance(model, cls):
-            raise UserError(f"the run holds a {type(model).__name__}, not a {cls.__name__}", run)
-        return model
 
     def config(self) -> dict:
         """Plain-data description used in checkpoints and exports."""

@@ -3,22 +3,22 @@
 ``priormim pretrain`` writes ``RUN/config.yaml`` (the resolved recipe) and ``RUN/last.ckpt``
 (``torch.load(weights_only=True)``-safe, key ``"model"`` = the model's state dict). This module
 reads those two files with no training code, so :meth:`MaskedAutoencoder.from_run` stays in the
-models layer. Only MAE-family runs (mae, vasomim and its ablations, vpmim) are rebuilt here; zoo
+models layer. ``from_run`` is defined here and attached to :class:`MaskedAutoencoder` when this
+module is imported (``priormim/models/__init__.py`` imports it, so it is always there): ``mae``
+never imports this module, which imports ``mae``, ``vpmim`` and the zoo. Only MAE-family runs (mae, vasomim and its ablations, vpmim) are rebuilt here; zoo
 methods (simmim, dino, ...) are built by ``priormim.training.pretrain.build_model``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from priormim.config import PretrainConfig, load_config
 from priormim.errors import UserError
-
-if TYPE_CHECKING:
-    from priormim.models.mae import MaskedAutoencoder
+from priormim.models.mae import MaskedAutoencoder
 
 RUN_CONFIG = "config.yaml"
 RUN_CHECKPOINT = "last.ckpt"
@@ -71,7 +71,6 @@ def model_from_run(run: str | Path, *, checkpoint: str | Path | None = None) -> 
     A VP-MIM run with ``model.pyramid_scales`` gives a ``VPMIMAutoencoder`` (a MaskedAutoencoder).
     The result carries ``run_config`` (the :class:`PretrainConfig`) and ``run_epoch`` (0-based).
     """
-    from priormim.models.mae import MaskedAutoencoder
     from priormim.models.zoo import ZOO_MODELS
 
     cfg, ckpt = read_run(run, checkpoint=checkpoint)
@@ -96,3 +95,18 @@ def model_from_run(run: str | Path, *, checkpoint: str | Path | None = None) -> 
     model.run_config = cfg
     model.run_epoch = int(ckpt.get("epoch", -1))
     return model.eval()
+
+
+def _from_run(cls: type[MaskedAutoencoder], run: str | Path, *, checkpoint: str | Path | None = None) -> MaskedAutoencoder:
+    """The trained model of a ``priormim pretrain`` folder (``config.yaml`` + ``last.ckpt``), eval mode.
+
+    ``checkpoint`` picks another file of the run (e.g. ``RUN/checkpoint-0020.ckpt``). See
+    :func:`model_from_run`.
+    """
+    model = model_from_run(run, checkpoint=checkpoint)
+    if not isinstance(model, cls):
+        raise UserError(f"the run holds a {type(model).__name__}, not a {cls.__name__}", run)
+    return model
+
+
+MaskedAutoencoder.from_run = classmethod(_from_run)  # mae.py cannot import this module (it imports mae)

@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
+
+from priormim.data.seeds import AUGMENT_STREAM, MASK_STREAM, sample_seed  # re-exported: used from here too
 
 T = TypeVar("T")
 
@@ -248,14 +249,7 @@ def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.devic
 
 
 # -- reproducible sharding and per-sample randomness ---------------------------------------------
-AUGMENT_STREAM = 0
-MASK_STREAM = 1
-
-
-def sample_seed(seed: int, epoch: int, index: int, stream: int = AUGMENT_STREAM) -> int:
-    """A 63-bit seed for one sample's randomness in one epoch (``stream`` tells uses apart)."""
-    ss = np.random.SeedSequence([int(seed) % 2**32, int(seed) // 2**32, int(epoch), int(index), int(stream)])
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+# sample_seed and its streams live in the data layer (priormim.data.seeds); re-exported above.
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:

@@ -13,8 +13,8 @@ the chosen recipe's value, any field given explicitly wins:
 
 from __future__ import annotations
 
+import functools
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from priormim.data.pretrain import PretrainDataset, compute_norm_stats, paired_train_transform
 from priormim.losses.segmentation import bce_dice_loss
 from priormim.models.segmentor import SEGMENTOR_ARCHS, VesselSegmentor
+from priormim.training.loop import GradientUpdater, RunLogger, autocast_context, progress_bar, run_epoch
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class SegmentorTrainConfig:
     seed: int = 0
     num_workers: int = 0
     progress: bool = True
+    amp: str = "off"  # the loop skeleton's AMP policy: auto | bf16 | fp16 | off (full precision, as always)
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -105,10 +107,12 @@ def train_segmentor(
     out: str | Path,
     device: torch.device | str = "cpu",
     history: list[float] | None = None,
+    log_dir: str | Path | None = None,
 ) -> Path:
     """Fit a :class:`VesselSegmentor` to ``prior_loader``'s masks and save it to ``out``.
 
-    ``history``, if given, receives the mean training loss of each epoch.
+    ``history``, if given, receives the mean training loss of each epoch; ``log_dir``, if given
+    (an existing folder), receives ``log.jsonl`` and TensorBoard scalars of each epoch.
     """
     torch.manual_seed(cfg.seed)
     mean, std = compute_norm_stats(paths, seed=cfg.seed)
@@ -127,30 +131,44 @@ def train_segmentor(
     loader = DataLoader(ds, batch_size=min(cfg.batch_size, len(ds)), shuffle=True, drop_last=True,
                         num_workers=cfg.num_workers, generator=gen)
     sched = build_scheduler(opt, schedule=cfg.schedule, total_steps=cfg.epochs * len(loader))
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
+    # The shared loop skeleton: one update per batch, the per-step schedule after it, the
+    # non-finite guard, the AMP policy (cfg.amp), the tqdm bar (per epoch) and, with log_dir,
+    # log.jsonl + TensorBoard records of each epoch.
+    updater = GradientUpdater(optimizer=opt, params=model.parameters, after_update=[lambda _: sched.step()])
+    amp = functools.partial(autocast_context, torch.device(device), cfg.amp)
+    bar = progress_bar(cfg.epochs, f"segmentor ({cfg.arch})", enabled=cfg.progress)
+    logger = RunLogger(Path(log_dir), True) if log_dir is not None else None
+    sums = {"loss": 0.0}
 
-        bar = tqdm(total=cfg.epochs, desc=f"segmentor ({cfg.arch})", leave=False, file=sys.stderr)
+    def step(it: int, batch: dict) -> tuple[torch.Tensor, None]:
+        x = batch["image"].to(device)
+        y = batch["prior"].to(device)
+        with amp():
+            return bce_dice_loss(model(x), y, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight), None
+
+    def record(it: int, loss: torch.Tensor, _: None, lr: float) -> None:
+        sums["loss"] += float(loss.detach())
+
     model.train()
-    for _epoch in range(cfg.epochs):
-        total = 0.0
-        for batch in loader:
-            x = batch["image"].to(device)
-            y = batch["prior"].to(device)
-            loss = bce_dice_loss(model(x), y, bce_weight=cfg.bce_weight, dice_weight=cfg.dice_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
-        mean_loss = total / max(len(loader), 1)
-        if history is not None:
-            history.append(mean_loss)
+    try:
+        for epoch in range(cfg.epochs):
+            sums["loss"] = 0.0
+            run_epoch(loader, steps=len(loader), step=step, updater=updater, record=record,
+                      where=lambda it, e=epoch: f"segmentor epoch {e}, step {it}",
+                      hint="lower --lr or check the images and priors")
+            mean_loss = sums["loss"] / max(len(loader), 1)
+            if history is not None:
+                history.append(mean_loss)
+            if logger is not None:
+                logger.log({"epoch": epoch, "step": updater.updates, "loss": mean_loss, "lr": updater.lr},
+                           updater.updates, "segmentor")
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                bar.update(1)
+    finally:
         if bar is not None:
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
+        if logger is not None:
+            logger.close()
     model.eval()
     return model.save(out)

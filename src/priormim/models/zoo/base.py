@@ -7,8 +7,9 @@ Every zoo model is a plain ``nn.Module`` that computes its own loss in ``forward
         -> PretrainOutput(loss, terms)
 
 ``progress`` is the share of training done in ``[0, 1]``; ``scores`` are what the model's own
-optional ``mask_scores`` returned for this batch (AMT, HPM). Models with an EMA teacher define
-``after_optimizer_step(progress)``, which the engine calls after every ``optimizer.step()``.
+optional ``mask_scores`` returned for this batch (AMT, HPM; their registry entry is a
+:class:`priormim.methods.zoo.ScoredZooMethod`). ``after_optimizer_step(progress)`` runs after every
+``optimizer.step()`` (a no-op here; models with an EMA teacher override it).
 Only ``model.encoder`` (a timm ``VisionTransformer``) is exported; teachers, heads and
 predictors stay in the checkpoint.
 """
@@ -105,6 +106,10 @@ class ZooPretrainer(nn.Module):
 
     def forward(self, images: Tensor, mask: Tensor, *, progress: float = 0.0, scores: Tensor | None = None) -> PretrainOutput:
         raise NotImplementedError
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """Called after every ``optimizer.step()`` with the share of training done; models with an
+        EMA teacher update it here. Default: nothing."""
 
     def config(self) -> dict:
         """Plain-data description used in checkpoints and exports (as MAE's)."""
