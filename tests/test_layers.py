@@ -49,8 +49,7 @@ KNOWN_VIOLATIONS: set[tuple[str, str]] = {
     ("priormim.training.finetune_seg", "priormim.evaluation.metrics"),  # score_masks, val_dice, pick_threshold, ...
 }
 # Import cycles today, each as the sorted modules of one strongly connected component.
-KNOWN_CYCLES: set[tuple[str, ...]] = {
-}
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 
 @dataclass(frozen=True)
