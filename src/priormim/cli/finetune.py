@@ -59,12 +59,12 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
                        help="preset: 'default' (resize, whole-image or window training, cosine, single threshold) or 'strong' "
                        "(native resolution, 4 random 128-px patches per image per epoch, flips / 90-degree turns / elastic / blur, "
                        "poly schedule, flip-averaged inference, hysteresis picked on val); explicit flags override it")
-    train.add_argument("--epochs", type=int, help="default 100 (strong: unet 50, vit 60)")
+    train.add_argument("--epochs", type=int, help="default 100 (strong: unet 30, vit 60)")
     train.add_argument("--batch-size", type=int, help="default 4 (strong: 8)")
     train.add_argument("--lr", type=float, help="peak learning rate (default: vit 3e-4, unet 1e-3)")
     train.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: vit 0.05, unet 1e-4)")
     train.add_argument("--layer-decay", type=float, help="ViT layer-wise lr decay (default 0.75 with --encoder, else off)")
-    train.add_argument("--warmup-epochs", type=int, help="default 5 (strong: unet 3)")
+    train.add_argument("--warmup-epochs", type=int, help="default 5 (strong: unet 2)")
     train.add_argument("--val-every", type=int, help="epochs between validations (the best epoch is picked among them; default 1, strong 5)")
     train.add_argument("--native", action="store_true", default=None, help="no resize: train and predict at the images' own pixels")
     train.add_argument("--crops-per-image", type=int, help="random --train-crop windows per image per epoch (default 1, strong 4)")
