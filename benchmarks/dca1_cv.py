@@ -43,7 +43,7 @@ from priormim.training.finetune_seg import carve_validation, finetune_segmentati
 HERE = Path(__file__).resolve().parent
 FOLDS = HERE / "dca1_cv_folds.json"
 METRICS = ("dice", "cldice", "precision", "recall")
-LABELS = {"sato": "Sato vesselness (p92, no training)", "unet": "U-Net (strong recipe)", "unet_default": "U-Net (default recipe)",
+LABELS = {"unet_ensemble": "U-Net (strong, 3-seed ensemble)", "sato": "Sato vesselness (p92, no training)", "unet": "U-Net (strong recipe)", "unet_default": "U-Net (default recipe)",
           "vit_scratch": "ViT (scratch, strong)", "vit_mae": "ViT (MAE, strong)", "vit_vasomim": "ViT (VasoMIM, strong)"}
 # The ViT of the issue-3 benchmark: 6 blocks of ViT-tiny width, patch 16, built for 128-px windows.
 VIT_KWARGS = {"patch_size": 16, "depth": 6, "embed_dim": 192, "num_heads": 3}
@@ -114,6 +114,26 @@ def run_method(method: str, args: argparse.Namespace) -> None:
             timing.setdefault(method_dir(method, args), {})[f"fold{k}"] = round(time.perf_counter() - t, 1)
             timing_path.write_text(json.dumps(timing, indent=1))
         print(f"[cv] {method} fold {k}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+
+
+def run_ensemble(method: str, args: argparse.Namespace) -> None:
+    """``<out>/<method>_ensemble/fold<k>/seed0/metrics.json``: the mean probability of the
+    fold's seed models, post-processing re-picked on the fold's val images."""
+    from priormim.data.readers import read_segmentation_folder
+    from priormim.io import atomic_write_bytes
+    from priormim.training.finetune_seg import evaluate_seed_ensemble, load_samples
+
+    for k in args.folds:
+        seeds = sorted(d for d in (args.out / method_dir(method, args) / f"fold{k}").glob("seed*") if (d / "metrics.json").exists())
+        target = args.out / f"{method_dir(method, args)}_ensemble" / f"fold{k}" / "seed0" / "metrics.json"
+        if len(seeds) < 2 or target.exists():
+            continue
+        _, val, test = fold_folder(args, k)
+        load = lambda d: load_samples(read_segmentation_folder(d, check_binary=False))  # noqa: E731
+        res = evaluate_seed_ensemble(seeds, load(val), load(test), device="cpu")
+        atomic_write_bytes(target, json.dumps(res, indent=1).encode())
+        print(f"[cv] {method} fold {k}: ensemble of {len(seeds)} seeds, DSC {res['test']['summary']['dice']['mean']:.4f}",
+              file=sys.stderr, flush=True)
 
 
 def method_dir(method: str, args: argparse.Namespace) -> str:
@@ -202,6 +222,7 @@ def main() -> None:
     ap.add_argument("--encoder-mae", type=Path)
     ap.add_argument("--encoder-vasomim", type=Path)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ensemble", action="store_true", help="also score each fold's seed ensemble (mean probability)")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -210,6 +231,8 @@ def main() -> None:
     if not args.table_only:
         for method in args.methods:
             run_method(method, args)
+            if args.ensemble and method != "sato":
+                run_ensemble(method, args)
     print(table(args))
 
 

@@ -208,7 +208,7 @@ def test_cli_strong_recipe_trains_predicts_at_native_size(tmp_path):
         write_png(tmp_path / "d" / "masks" / f"c{i}.png", mask)
     out = tmp_path / "run"
     assert main(["finetune", "seg", "--data", str(tmp_path / "d"), "--model", "unet", "--recipe", "strong", "--unet-base", "4",
-                 "--train-crop", "16", "--epochs", "2", "--batch-size", "2", "--val-every", "1", "--device", "cpu",
+                 "--train-crop", "16", "--epochs", "2", "--batch-size", "2", "--val-every", "1", "--device", "cpu", "--seeds", "0", "1",
                  "--out", str(out)]) == 0
     cfg = json.loads((out / "seed0" / "config.json").read_text())
     assert cfg["img_size"] is None and cfg["tta"] is True and "threshold" in cfg["postprocess"]
@@ -217,3 +217,14 @@ def test_cli_strong_recipe_trains_predicts_at_native_size(tmp_path):
     model, mc = load_segmenter(out)
     img = rng.random((30, 26)).astype(np.float32)
     assert predict_masks(model, [img], mc)[0].shape == (30, 26)
+
+    # Seed ensemble: post-processing re-picked on val for the averaged probabilities.
+    from priormim.data.readers import read_segmentation_folder
+    from priormim.training.finetune_seg import evaluate_seed_ensemble, load_samples
+
+    samples = load_samples(read_segmentation_folder(tmp_path / "d", check_binary=False))
+    ens = evaluate_seed_ensemble([out / "seed0", out / "seed1"], samples[:3], samples[3:], device="cpu")
+    assert ens["test"]["summary"]["dice"]["n"] == 3 and len(ens["models"]) == 2
+    assert 0.3 <= ens["postprocess"]["threshold"] <= 0.7
+    with pytest.raises(UserError):
+        evaluate_seed_ensemble([], samples[:3], samples[3:])

@@ -70,6 +70,7 @@ from priormim.training.seg.inference import (  # noqa: F401
     PostProcess,
     _autocast,
     evaluate_samples,
+    choose_postprocess,
     pick_postprocess,
     pick_threshold,
     predict_logits,
@@ -98,6 +99,7 @@ from priormim.training.seg.run import (  # noqa: F401
 )
 from priormim.training.seg.baseline import (  # noqa: F401
     baseline_mask,
+    evaluate_seed_ensemble,
     evaluate_saved_model,
     run_vesselness_baseline,
 )

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,44 @@ def run_vesselness_baseline(
     log.info("%s on %d images: DSC %.4f ± %.4f, clDice %.4f", label, summary["dice"]["n"], summary["dice"]["mean"],
              summary["dice"]["std"], summary["cldice"]["mean"])
     return metrics
+
+
+def evaluate_seed_ensemble(seed_dirs: Sequence[str | Path], val: Sequence[Any], test: Sequence[Any], *,
+                           device: str = "auto") -> dict[str, Any]:
+    """Score the ensemble of several saved segmenters (e.g. the 3 seeds of one run).
+
+    Each model predicts as its ``config.json`` says (size, window, flip TTA); the ensemble
+    probability is the mean of the models' probabilities
+    (:func:`~priormim.training.seg.recipe.ensemble_probabilities`). Its post-processing (field
+    of view of the first model, threshold and, when the first model used it, hysteresis) is
+    picked anew on ``val`` (:class:`~priormim.training.seg.data.SegSample` list), then ``test``
+    is scored once. Returns ``{"postprocess", "val_dice_by_threshold", "test": {"summary",
+    "per_image"}, "models"}``.
+    """
+    from priormim.models.seg import NormStats
+    from priormim.training.seg.inference import PostProcess, choose_postprocess, predict_logits
+    from priormim.training.seg.recipe import ensemble_probabilities
+
+    if not seed_dirs:
+        raise UserError("no seed models to ensemble; pass at least one finished seed folder")
+    dev = resolve_device(device)
+    probs: dict[str, list[list[np.ndarray]]] = {"val": [], "test": []}
+    first = None
+    for d in seed_dirs:
+        model, mc = load_segmenter(d, device=dev)
+        first = first or mc
+        size = mc.get("img_size")
+        for part, samples in (("val", val), ("test", test)):
+            probs[part].append(predict_logits(model, [s.image for s in samples], img_size=None if size is None else int(size),
+                                              norm=NormStats(**mc["norm"]), device=dev, window=mc.get("window"),
+                                              tta=bool(mc.get("tta"))))
+    logits = {}
+    for part in ("val", "test"):
+        p = [np.clip(ensemble_probabilities([m[i] for m in probs[part]]), 1e-6, 1 - 1e-6) for i in range(len(probs[part][0]))]
+        logits[part] = [np.log(q / (1 - q)) for q in p]
+    post0 = PostProcess.from_config(first)
+    post, scores = choose_postprocess(logits["val"], val, post=replace(post0, low=None), hysteresis=post0.low is not None
+                                      or bool(first.get("hysteresis")))
+    summary, per_image = score_masks([post.apply(lg, s.image) for lg, s in zip(logits["test"], test)], test)
+    return {"postprocess": post.to_dict(), "val_dice_by_threshold": scores, "test": {"summary": summary, "per_image": per_image},
+            "models": [str(d) for d in seed_dirs]}

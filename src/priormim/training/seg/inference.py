@@ -251,13 +251,23 @@ def pick_postprocess(
     model: nn.Module, samples: Sequence[SegSample], *, post: PostProcess, grid: Sequence[float] = THRESHOLD_GRID,
     hysteresis: bool = False, **kwargs: Any
 ) -> tuple[PostProcess, dict[str, float]]:
+    """The threshold (and with ``hysteresis`` the low threshold) with the best mean Dice of
+    ``model`` on ``samples`` (the validation split); ``kwargs`` go to :func:`predict_logits`.
+    See :func:`choose_postprocess`."""
+    logits = predict_logits(model, [s.image for s in samples], **kwargs)
+    return choose_postprocess(logits, samples, post=post, grid=grid, hysteresis=hysteresis)
+
+
+def choose_postprocess(
+    logits: Sequence[np.ndarray], samples: Sequence[SegSample], *, post: PostProcess, grid: Sequence[float] = THRESHOLD_GRID,
+    hysteresis: bool = False
+) -> tuple[PostProcess, dict[str, float]]:
     """The threshold (and with ``hysteresis`` the low threshold, ``high - gap`` for each gap in
-    :data:`HYSTERESIS_GAPS`, or none) with the best mean Dice on ``samples`` (the validation
-    split). Ties go to the simpler rule (no hysteresis), then to the threshold nearest 0.5.
-    Returns ``(post-processing, {"<high>" or "<high>/<low>": mean Dice})``."""
+    :data:`HYSTERESIS_GAPS`, or none) with the best mean Dice of ``logits [H, W]`` against
+    ``samples`` (the validation split). Ties go to the simpler rule (no hysteresis), then to
+    the threshold nearest 0.5. Returns ``(post-processing, {"<high>" or "<high>/<low>": mean Dice})``."""
     from priormim.evaluation.metrics import dice_score
 
-    logits = predict_logits(model, [s.image for s in samples], **kwargs)
     outside = [post.outside_fov(s.image) for s in samples]  # once, not once per candidate
     candidates = [replace(post, threshold=float(t), low=None) for t in grid]
     if hysteresis:

@@ -99,7 +99,7 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
     gen = _seed_everything(seed)
     model, model_config, norm = create_segmenter(cfg)
     norm = norm or compute_norm_stats([s.image for s in data.train])
-    model_config.update(norm=norm.to_dict(), method=cfg.label, tta=cfg.tta)
+    model_config.update(norm=norm.to_dict(), method=cfg.label, tta=cfg.tta, hysteresis=cfg.hysteresis)
     model.to(device)
 
     train_x, train_y = stack_native(data.train) if cfg.img_size is None else stack_resized(data.train, cfg.img_size)
