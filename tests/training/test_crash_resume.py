@@ -164,7 +164,7 @@ def test_finetune_seg_killed_mid_epoch_resumes_like_an_uninterrupted_run(tmp_pat
     full = json.loads((tmp_path / "full" / "seed3" / "metrics.json").read_text())
 
     run = tmp_path / "killed"
-    _run_and_kill([*args, "--out", str(run)], tmp_path, "priormim.training.finetune_seg", "bce_dice_loss")
+    _run_and_kill([*args, "--out", str(run)], tmp_path, "priormim.training.seg.loop", "bce_dice_loss")
     seed_dir = run / "seed3"
     assert not (seed_dir / "metrics.json").exists()
     assert load_checkpoint(seed_dir / "last.ckpt")["epoch"] == 2

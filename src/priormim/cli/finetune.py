@@ -50,18 +50,27 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
     model.add_argument("--model-kwargs", type=_json_dict, default={}, metavar="JSON",
                        help="timm.create_model overrides for a ViT from scratch, e.g. '{\"depth\": 4}' (an encoder file's own win)")
     model.add_argument("--img-size", type=int, help="model input size (default: vit 224, unet 256)")
-    model.add_argument("--unet-base", type=int, default=32, help="U-Net channels at full resolution (default 32)")
+    model.add_argument("--unet-base", type=int, help="U-Net channels at full resolution (default 32; strong recipe 16)")
     model.add_argument("--drop-path", type=float, default=0.1, help="ViT stochastic depth (default 0.1)")
     train = p.add_argument_group("training")
     train.add_argument("--out", type=Path, required=True, help="output folder: seed<k>/, results.md, results.csv, split.json")
     train.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (default: 0)")
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--recipe", choices=("default", "strong"), default="default",
+                       help="preset: 'default' (resize, whole-image or window training, cosine, single threshold) or 'strong' "
+                       "(native resolution, 4 random 128-px patches per image per epoch, flips / 90-degree turns / elastic / blur, "
+                       "poly schedule, flip-averaged inference, hysteresis picked on val); explicit flags override it")
+    train.add_argument("--epochs", type=int, help="default 100 (strong: unet 30, vit 60)")
+    train.add_argument("--batch-size", type=int, help="default 4 (strong: 8)")
     train.add_argument("--lr", type=float, help="peak learning rate (default: vit 3e-4, unet 1e-3)")
     train.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: vit 0.05, unet 1e-4)")
     train.add_argument("--layer-decay", type=float, help="ViT layer-wise lr decay (default 0.75 with --encoder, else off)")
-    train.add_argument("--warmup-epochs", type=int, default=5)
-    train.add_argument("--val-every", type=int, default=1, help="epochs between validations (the best epoch is picked among them)")
+    train.add_argument("--warmup-epochs", type=int, help="default 5 (strong: unet 2)")
+    train.add_argument("--val-every", type=int, help="epochs between validations (the best epoch is picked among them; default 1, strong 5)")
+    train.add_argument("--native", action="store_true", default=None, help="no resize: train and predict at the images' own pixels")
+    train.add_argument("--crops-per-image", type=int, help="random --train-crop windows per image per epoch (default 1, strong 4)")
+    train.add_argument("--schedule", choices=("cosine", "poly"), help="lr decay after warm-up (default cosine, strong poly)")
+    train.add_argument("--augment-level", choices=("basic", "strong"), help="augmentation stack (default basic, strong recipe strong)")
+    train.add_argument("--cldice-weight", type=float, help="add this weight x soft clDice to BCE + Dice (default 0)")
     train.add_argument("--no-augment", action="store_true", help="disable the paired augmentation")
     train.add_argument("--train-crop", type=int, help="train on random windows of this size (faster); a ViT also predicts window by window")
     train.add_argument("--label", help="method name in the results table")
@@ -76,6 +85,9 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
                       help="collimator (default): no vessel outside the X-ray field of view (flat regions touching the frame); none: keep all")
     post.add_argument("--threshold", type=float, default=None,
                       help="probability threshold (default: picked on the validation split from 0.3 to 0.7)")
+    post.add_argument("--tta", action="store_true", default=None, help="average the logits over the four flips (strong recipe: on)")
+    post.add_argument("--hysteresis", action="store_true", default=None,
+                      help="pick a dual (low, high) threshold on val next to the single cut (strong recipe: on)")
     post.add_argument("--rescore", action="store_true",
                       help="do not retrain finished seeds: re-pick the post-processing on val and re-score the test set")
     p.set_defaults(func=run_seg)
@@ -97,10 +109,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_seg(args: argparse.Namespace) -> int:
-    from priormim.training.finetune_seg import SegFinetuneConfig, finetune_segmentation
+    from priormim.training.finetune_seg import finetune_segmentation, recipe_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = SegFinetuneConfig(
+    cfg = recipe_config(
+        args.recipe, native=args.native, crops_per_image=args.crops_per_image, schedule=args.schedule,
+        augment_level=args.augment_level, cldice_weight=args.cldice_weight, tta=args.tta, hysteresis=args.hysteresis,
         out=args.out, train=args.train, test=args.test, val=args.val, data=args.data, split_seed=args.split_seed,
         model=args.model, encoder=args.encoder, backbone=args.backbone, model_kwargs=args.model_kwargs, img_size=args.img_size,
         unet_base_channels=args.unet_base, drop_path=args.drop_path, seeds=tuple(args.seeds), epochs=args.epochs,

@@ -1,0 +1,247 @@
+"""DCA1 vessel segmentation under 5-fold cross-validation (issue 15): every image tested once.
+
+The 40 shared DCA1 angiograms are split into the 5 fixed folds of ``dca1_cv_folds.json``.
+For fold k, the model trains on the other 32 images, of which 6 are carved for validation
+(``carve_validation``, seed 0: best epoch and post-processing are picked there, never on the
+test fold); the 8 images of fold k are scored once. Sato vesselness (no training, fixed
+preset) is scored on all 40. Per method and seed the 40 per-image scores are written to
+``<out>/per_image.csv``; ``<out>/cv_results.md`` gives
+
+* mean +- std over the 40 images (seed-averaged per image), and mean +- std over seeds;
+* each learned model minus Sato (and the other pairs): mean paired per-image difference with
+  a 95 % bootstrap confidence interval (10,000 resamples of the 40 images);
+* DSC, clDice, precision, recall; wall time per fold.
+
+Methods (``--methods``): ``sato``, ``unet`` (``--recipe strong`` U-Net), ``unet_default``
+(the historical U-Net recipe: 288 px resize, 128-px windows, 200 epochs), ``vit_scratch``,
+``vit_mae`` / ``vit_vasomim`` (need ``--encoder-mae`` / ``--encoder-vasomim``: exported
+encoders pretrained on images outside the test folds, e.g. synthetic angiograms).
+``--labels N`` trains on a fixed subset of N of each fold's training images (label-efficiency
+curve; the subset is the first N of the fold's training names shuffled with seed 0).
+
+Everything is resumable: finished seeds (``metrics.json``) are skipped, an interrupted seed
+continues from its ``last.ckpt``. Run it again with the same arguments to continue.
+
+    python benchmarks/dca1_cv.py --out /tmp/dca1cv --methods sato unet --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from priormim.training.finetune_seg import carve_validation, finetune_segmentation, recipe_config, run_vesselness_baseline
+
+HERE = Path(__file__).resolve().parent
+FOLDS = HERE / "dca1_cv_folds.json"
+METRICS = ("dice", "cldice", "precision", "recall")
+LABELS = {"unet_ensemble": "U-Net (strong, 3-seed ensemble)", "sato": "Sato vesselness (p92, no training)", "unet": "U-Net (strong recipe)", "unet_default": "U-Net (default recipe)",
+          "vit_scratch": "ViT (scratch, strong)", "vit_mae": "ViT (MAE, strong)", "vit_vasomim": "ViT (VasoMIM, strong)"}
+# The ViT of the issue-3 benchmark: 6 blocks of ViT-tiny width, patch 16, built for 128-px windows.
+VIT_KWARGS = {"patch_size": 16, "depth": 6, "embed_dim": 192, "num_heads": 3}
+
+
+def load_folds() -> list[list[str]]:
+    return json.loads(FOLDS.read_text())["folds"]
+
+
+def fold_names(k: int, labels: int | None = None) -> dict[str, list[str]]:
+    """Train / val / test names of fold ``k``: test = the fold, val = 6 of the other 32 carved
+    with seed 0, train = the remaining 26 (or, with ``labels``, the first ``labels`` of them in
+    a seed-0 permutation: nested subsets, so 2 is inside 4 is inside 8 ...)."""
+    folds = load_folds()
+    rest = sorted(n for j, f in enumerate(folds) if j != k for n in f)
+    train, val = carve_validation(rest, fraction=0.2, seed=0)
+    if labels:
+        order = np.random.default_rng(0).permutation(len(train))
+        train = sorted(train[i] for i in order[:labels])
+    return {"train": train, "val": val, "test": sorted(folds[k])}
+
+
+def fold_folder(args: argparse.Namespace, k: int) -> tuple[Path, Path, Path]:
+    """``<out>/folds/fold<k>[_n<N>]/{train,val,test}/{images,masks}``: symlinks into the data folder."""
+    names = fold_names(k, args.labels)
+    root = args.out / "folds" / (f"fold{k}" if not args.labels else f"fold{k}_n{args.labels}")
+    for part in ("train", "val", "test"):
+        for sub in ("images", "masks"):
+            d = root / part / sub
+            d.mkdir(parents=True, exist_ok=True)
+            for n in names[part]:
+                link = d / n
+                if not link.exists():
+                    link.symlink_to((args.data / sub / n).resolve())
+    return root / "train", root / "val", root / "test"
+
+
+def method_config(method: str, args: argparse.Namespace, train: Path, val: Path, test: Path, out: Path):
+    common = dict(out=out, train=train, val=val, test=test, seeds=tuple(args.seeds))
+    if method == "unet":
+        return recipe_config("strong", model="unet", label=LABELS[method], epochs=args.unet_epochs, **common)
+    if method == "unet_default":
+        return recipe_config("default", model="unet", label=LABELS[method], img_size=288, train_crop=128, epochs=200,
+                             unet_base_channels=16, **common)
+    encoder = {"vit_scratch": None, "vit_mae": args.encoder_mae, "vit_vasomim": args.encoder_vasomim}[method]
+    if method != "vit_scratch" and encoder is None:
+        raise SystemExit(f"{method} needs --encoder-{method.split('_')[1]} PATH (an exported encoder)")
+    return recipe_config("strong", model="vit", label=LABELS[method], encoder=encoder, epochs=args.vit_epochs,
+                         model_kwargs=dict(VIT_KWARGS) if encoder is None else {}, **common)
+
+
+def run_method(method: str, args: argparse.Namespace) -> None:
+    timing_path = args.out / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    if method == "sato":
+        if not (args.out / "sato" / "metrics.json").exists():
+            t = time.perf_counter()
+            run_vesselness_baseline(args.data, args.out / "sato", "sato", keep="all")
+            timing["sato"] = {"all": round(time.perf_counter() - t, 1)}
+        timing_path.write_text(json.dumps(timing, indent=1))
+        return
+    for k in args.folds:
+        train, val, test = fold_folder(args, k)
+        out = args.out / method_dir(method, args) / f"fold{k}"
+        t = time.perf_counter()
+        res = finetune_segmentation(method_config(method, args, train, val, test, out), resume=True)
+        if len(res.skipped_seeds) < len(args.seeds):  # something trained in this call
+            timing.setdefault(method_dir(method, args), {})[f"fold{k}"] = round(time.perf_counter() - t, 1)
+            timing_path.write_text(json.dumps(timing, indent=1))
+        print(f"[cv] {method} fold {k}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+
+
+def run_ensemble(method: str, args: argparse.Namespace) -> None:
+    """``<out>/<method>_ensemble/fold<k>/seed0/metrics.json``: the mean probability of the
+    fold's seed models, post-processing re-picked on the fold's val images."""
+    from priormim.data.readers import read_segmentation_folder
+    from priormim.io import atomic_write_bytes
+    from priormim.training.finetune_seg import evaluate_seed_ensemble, load_samples
+
+    for k in args.folds:
+        seeds = sorted(d for d in (args.out / method_dir(method, args) / f"fold{k}").glob("seed*") if (d / "metrics.json").exists())
+        target = args.out / f"{method_dir(method, args)}_ensemble" / f"fold{k}" / "seed0" / "metrics.json"
+        if len(seeds) < 2 or target.exists():
+            continue
+        _, val, test = fold_folder(args, k)
+        load = lambda d: load_samples(read_segmentation_folder(d, check_binary=False))  # noqa: E731
+        res = evaluate_seed_ensemble(seeds, load(val), load(test), device="cpu")
+        atomic_write_bytes(target, json.dumps(res, indent=1).encode())
+        print(f"[cv] {method} fold {k}: ensemble of {len(seeds)} seeds, DSC {res['test']['summary']['dice']['mean']:.4f}",
+              file=sys.stderr, flush=True)
+
+
+def method_dir(method: str, args: argparse.Namespace) -> str:
+    return method if not args.labels else f"{method}_n{args.labels}"
+
+
+def collect(args: argparse.Namespace) -> dict[str, dict[int, dict[str, dict[str, float]]]]:
+    """``{method: {seed: {image: {metric: value}}}}`` for every finished (method, seed) over all 5 folds."""
+    out: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
+    sato = args.out / "sato" / "metrics.json"
+    if sato.exists():
+        rows = json.loads(sato.read_text())["test"]["per_image"]
+        out["sato"] = {0: {r["name"]: {m: float(r[m]) for m in METRICS} for r in rows}}
+    for d in sorted(p for p in args.out.iterdir() if p.is_dir() and p.name not in ("sato", "folds")):
+        by_seed: dict[int, dict[str, dict[str, float]]] = {}
+        for mfile in sorted(d.glob("fold*/seed*/metrics.json")):
+            seed = int(mfile.parent.name[4:])
+            for r in json.loads(mfile.read_text())["test"]["per_image"]:
+                by_seed.setdefault(seed, {})[r["name"]] = {m: float(r[m]) for m in METRICS}
+        if by_seed:
+            # Images every seed has scored (all 40 once every fold is done; fewer while the run is partial).
+            common = set.intersection(*(set(v) for v in by_seed.values()))
+            out[d.name] = {s: {n: v[n] for n in common} for s, v in by_seed.items()}
+    return out
+
+
+def bootstrap_ci(diff: np.ndarray, *, n: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean of ``diff`` (resampling images)."""
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n, len(diff)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def table(args: argparse.Namespace) -> str:
+    res = collect(args)
+    timing = json.loads((args.out / "timing.json").read_text()) if (args.out / "timing.json").exists() else {}
+    lines = ["| Method | images | seeds | DSC | clDice | Precision | Recall | DSC, std over seeds | time per fold and seed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    per_image_mean: dict[str, dict[str, dict[str, float]]] = {}  # method -> metric -> image -> seed-mean
+    with open(args.out / "per_image.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "seed", "image", "fold", *METRICS])
+        fold_of = {Path(n).stem: k for k, fold in enumerate(load_folds()) for n in fold}
+        for method, by_seed in res.items():
+            images = sorted(next(iter(by_seed.values())))
+            for seed, rows in sorted(by_seed.items()):
+                for n in images:
+                    w.writerow([method, seed, n, fold_of.get(Path(n).stem), *(f"{rows[n][m]:.4f}" for m in METRICS)])
+            pm = {m: np.mean([[by_seed[s][n][m] for n in images] for s in by_seed], axis=0) for m in METRICS}
+            per_image_mean[method] = {m: dict(zip(images, pm[m])) for m in METRICS}
+            seed_means = [np.mean([by_seed[s][n]["dice"] for n in images]) for s in by_seed]
+            # Training time per fold and seed (metrics.json, summed over resumed sessions), and the
+            # whole call's wall time per fold (timing.json: + data, validation, TTA scoring) when uninterrupted.
+            train_t = [json.loads(m.read_text()).get("train_time_s") for m in (args.out / method).glob("fold*/seed*/metrics.json")]
+            train_t = [t for t in train_t if t]
+            fold_t = [v for k, v in timing.get(method, {}).items() if k.startswith("fold")]
+            wall = (f"train {np.mean(train_t) / 60:.0f} min" if train_t else "")
+            wall += (f"; call {np.mean(fold_t) / 60:.0f} min" if fold_t else "")
+            if method == "sato" and "sato" in timing:
+                wall = f"{timing['sato']['all']:.0f} s for all 40"
+            wall = wall or "-"
+            cells = " | ".join(f"{pm[m].mean():.3f} ± {pm[m].std(ddof=1):.3f}" if m in ("dice", "cldice") else f"{pm[m].mean():.3f}"
+                               for m in METRICS)
+            spread = f"± {np.std(seed_means, ddof=1):.3f}" if len(seed_means) > 1 else "(1 seed)"
+            lines.append(f"| {LABELS.get(method, method)} | {len(images)} | {len(by_seed)} | {cells} | {spread} | {wall} |")
+    lines += ["", "Paired differences (mean over the images both have scored of A − B, seed-averaged per image; "
+              "95 % bootstrap CI over images):", "", "| A − B | images | ΔDSC [95 % CI] | ΔclDice [95 % CI] |", "|---|---|---|---|"]
+    methods = list(per_image_mean)
+    for i, a in enumerate(methods):
+        for b in methods[:i]:
+            shared = sorted(set(per_image_mean[a]["dice"]) & set(per_image_mean[b]["dice"]))
+            cells = []
+            for m in ("dice", "cldice"):
+                d = np.array([per_image_mean[a][m][n] - per_image_mean[b][m][n] for n in shared])
+                lo, hi = bootstrap_ci(d)
+                cells.append(f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            lines.append(f"| {LABELS.get(a, a)} − {LABELS.get(b, b)} | {len(shared)} | {cells[0]} | {cells[1]} |")
+    text = "\n".join(lines) + "\n"
+    (args.out / "cv_results.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/xca_dca1"))
+    ap.add_argument("--methods", nargs="+", default=["sato", "unet"], choices=list(LABELS))
+    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--labels", type=int, default=None, help="train on this many labelled images per fold (label-efficiency curve)")
+    ap.add_argument("--unet-epochs", type=int, default=None, help="override the strong recipe's epochs")
+    ap.add_argument("--vit-epochs", type=int, default=None)
+    ap.add_argument("--encoder-mae", type=Path)
+    ap.add_argument("--encoder-vasomim", type=Path)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ensemble", action="store_true", help="also score each fold's seed ensemble (mean probability)")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        for method in args.methods:
+            run_method(method, args)
+            if args.ensemble and method != "sato":
+                run_ensemble(method, args)
+    print(table(args))
+
+
+if __name__ == "__main__":
+    main()
