@@ -124,7 +124,7 @@ def run_vesselness_baseline(
     Writes ``<out_dir>/metrics.json`` and ``results.md``/``.csv``; returns the metrics dict.
     """
     from priormim.data.readers import read_segmentation_folder
-    from priormim.evaluation.metrics import SegmentationMeter
+    from priormim.metrics import SegmentationMeter
 
     out_dir = Path(out_dir)
     pairs = read_segmentation_folder(test_dir, check_binary=False)

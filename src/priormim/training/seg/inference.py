@@ -185,7 +185,7 @@ def predict_masks(
 def score_masks(masks: Sequence[np.ndarray], samples: Sequence[SegSample]) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """``(summary, per_image)`` of predicted masks against the samples' ground truth (see
     :class:`priormim.evaluation.metrics.SegmentationMeter`)."""
-    from priormim.evaluation.metrics import SegmentationMeter
+    from priormim.metrics import SegmentationMeter
 
     meter = SegmentationMeter()
     for pred, s in zip(masks, samples):
@@ -216,7 +216,7 @@ def val_dice(model: nn.Module, samples: Sequence[SegSample], *, post: PostProces
              outside: Sequence[np.ndarray | None] | None = None, **kwargs: Any) -> float:
     """Mean Dice at original resolution (no clDice: cheap enough for every epoch). ``outside``:
     the samples' precomputed :meth:`PostProcess.outside_fov` masks, if any."""
-    from priormim.evaluation.metrics import dice_score
+    from priormim.metrics import dice_score
 
     logits = predict_logits(model, [s.image for s in samples], **kwargs)
     outside = outside if outside is not None else [None] * len(samples)
@@ -230,7 +230,7 @@ def pick_threshold(
     """The probability threshold from ``grid`` with the best mean Dice on ``samples`` (the
     validation split; ties go to the threshold nearest 0.5). ``kwargs`` go to
     :func:`predict_logits`. Returns ``(threshold, {threshold: mean Dice})``."""
-    from priormim.evaluation.metrics import dice_score
+    from priormim.metrics import dice_score
 
     logits = predict_logits(model, [s.image for s in samples], **kwargs)
     outside = [post.outside_fov(s.image) for s in samples]  # once, not once per threshold
@@ -266,7 +266,7 @@ def choose_postprocess(
     :data:`HYSTERESIS_GAPS`, or none) with the best mean Dice of ``logits [H, W]`` against
     ``samples`` (the validation split). Ties go to the simpler rule (no hysteresis), then to
     the threshold nearest 0.5. Returns ``(post-processing, {"<high>" or "<high>/<low>": mean Dice})``."""
-    from priormim.evaluation.metrics import dice_score
+    from priormim.metrics import dice_score
 
     outside = [post.outside_fov(s.image) for s in samples]  # once, not once per candidate
     candidates = [replace(post, threshold=float(t), low=None) for t in grid]
