@@ -75,7 +75,10 @@ def test_finetune_seg_predict_evaluate_end_to_end(tmp_path, capsys):
     assert "skipped 1" in capsys.readouterr().out
     mask = np.asarray(Image.open(tmp_path / "pred" / "masks" / "a.png"))
     assert mask.shape == (50, 30) and set(np.unique(mask)) <= {0, 255}
-    assert Image.open(tmp_path / "pred" / "overlays" / "a.png").mode == "RGB"
+    overlay = Image.open(tmp_path / "pred" / "overlays" / "a.png")
+    assert overlay.mode == "RGB" and overlay.size == (30, 50 + 14)  # the image, then the legend strip
+    legend = np.asarray(overlay)[50:]
+    assert (legend[5, 5] == [255, 0, 0]).all()  # the red swatch the legend explains
 
     # evaluate: every seed on another labelled folder
     other = make_folder(tmp_path / "other", 2, h=48, w=48, seed=2)

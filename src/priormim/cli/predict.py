@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
         help="segment vessels with a fine-tuned model: binary masks + red overlays",
-        description="Writes <out>/masks/<name>.png (0/255, the image's own size) and <out>/overlays/<name>.png. "
+        description="Writes <out>/masks/<name>.png (0/255, the image's own size) and <out>/overlays/<name>.png "
+        "(the image with predicted vessels in red, a legend strip below it). "
         "Unreadable images are skipped and counted.",
     )
     p.add_argument("--model", type=Path, required=True, help="run folder of `priormim finetune seg` (or one of its seed<k>/)")
@@ -53,6 +54,23 @@ def overlay_rgb(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.6) -> n
     red = np.array([1.0, 0.0, 0.0])
     out = np.where(mask[..., None], (1 - alpha) * grey + alpha * red, grey)
     return np.round(out * 255).astype(np.uint8)
+
+
+LEGEND_TEXT = "red: predicted vessel"
+
+
+def with_legend(rgb: np.ndarray, *, text: str = LEGEND_TEXT) -> np.ndarray:
+    """The overlay ``uint8 [H, W, 3]`` with a legend strip added below it (the image pixels
+    stay where they are, so the overlay still lines up with the image): ``[H + h, W, 3]``."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    h = 14
+    strip = Image.new("RGB", (rgb.shape[1], h), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    draw.rectangle([2, 3, 10, h - 4], fill=(255, 0, 0))
+    draw.text((14, 1), text, fill=(0, 0, 0))
+    return np.concatenate([rgb, np.asarray(strip, dtype=np.uint8)], axis=0)
 
 
 def _write_rgb(path: Path, rgb: np.ndarray) -> None:
@@ -124,7 +142,7 @@ def run_predict(args: argparse.Namespace) -> int:
         masks = predict_masks(model, [im for _, im in batch], cfg, device=device, batch_size=args.batch_size)
         for (f, im), mask in zip(batch, masks):
             write_png(args.out / "masks" / f"{f.stem}.png", mask)
-            _write_rgb(args.out / "overlays" / f"{f.stem}.png", overlay_rgb(im, mask))
+            _write_rgb(args.out / "overlays" / f"{f.stem}.png", with_legend(overlay_rgb(im, mask)))
             done += 1
     summary = {"model": str(args.model), "images": str(folder), "predicted": done, "skipped_unreadable": skipped}
     atomic_write_bytes(args.out / PREDICT_MARKER, json.dumps(summary, indent=2).encode("utf-8"))
