@@ -131,3 +131,21 @@ def test_analyze_refuses_masks_that_do_not_match(two_runs, tmp_path):
     write_png(tmp_path / "m" / "unrelated.png", np.zeros((8, 8), np.uint8))
     assert main(["analyze", str(two_runs / "mae"), "--images", str(two_runs / "heldout" / "images"),
                  "--masks", str(tmp_path / "m"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_linear_probe_learns_a_token_linear_rule():
+    from priormim.evaluation.probe_seg import linear_probe_segmentation
+
+    # tokens whose first channel says "vessel patch": a linear head must recover the masks
+    g = torch.Generator().manual_seed(0)
+    lab = torch.rand(12, 4, 4, generator=g) > 0.7
+    tokens = torch.randn(12, 4, 4, 8, generator=g)
+    tokens[..., 0] = lab.float() * 3
+    masks = lab.float()[:, None].repeat_interleave(2, 2).repeat_interleave(2, 3)  # patch 2 -> 8 x 8
+    full = [m[0].numpy() > 0.5 for m in masks]
+    res = linear_probe_segmentation(tokens[:8], masks[:8], tokens[8:10], full[8:10], tokens[10:], full[10:],
+                                    patch=2, steps=200)
+    assert res.test_dice > 0.95 and res.threshold in (0.3, 0.4, 0.5, 0.6, 0.7)
+    noise = linear_probe_segmentation(torch.randn(8, 4, 4, 8, generator=g), masks[:8], tokens[8:10], full[8:10],
+                                      torch.randn(2, 4, 4, 8, generator=g), full[10:], patch=2, steps=200)
+    assert noise.test_dice < res.test_dice - 0.3
