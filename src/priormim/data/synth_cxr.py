@@ -261,7 +261,7 @@ def _pick_in_lung(rng: np.random.Generator, an: _Anatomy, side: int) -> tuple[fl
 
 
 def _render(
-    rng: np.random.Generator, size: int, lesion: str
+    rng: np.random.Generator, size: int, lesion: str, *, gain: float = 1.0, grow: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, _Anatomy, np.ndarray, tuple[float, float, float]]:
     """Render the image. Returns (image float32 [H, W] in [0, 1], lesion mask, anatomy,
     lung masks [2, H, W], lesion (u, v, radius) in anatomy coordinates)."""
@@ -362,7 +362,7 @@ def _render(
             h = rng.uniform(0.07, 0.18)
             level = cp_v - h - 0.5 * h * np.clip((d - 0.1) / (an.lat[side] - 0.1), 0, 1) ** 3
             fluid = _sig(v - level, 0.012) * free  # fluid behind the heart does not show
-            att += rng.uniform(0.45, 0.8) * depth * fluid * body
+            att += gain * rng.uniform(0.45, 0.8) * depth * fluid * body
             mask = fluid > 0.5
             ys, xs = np.nonzero(mask)
             if ys.size:
@@ -371,11 +371,11 @@ def _render(
         else:
             cu0, cv0 = _pick_in_lung(rng, an, side)
             if lesion == "nodule":
-                r = rng.uniform(0.012, 0.028)
+                r = grow * rng.uniform(0.012, 0.028)
                 prof = _sig(r - np.hypot(u - cu0, v - cv0), 0.3 * r)
                 amp = rng.uniform(0.08, 0.2)
             else:  # opacity: overlapping soft blobs with a patchy texture
-                r = rng.uniform(0.05, 0.10)
+                r = grow * rng.uniform(0.05, 0.10)
                 k = int(rng.integers(3, 6))
                 off = rng.normal(0, 0.45 * r, (k, 2))
                 rr = r * rng.uniform(0.5, 0.9, k)
@@ -389,7 +389,7 @@ def _render(
                 cu0, cv0 = float(u[ys, xs].mean()), float(v[ys, xs].mean())
             if lesion == "opacity":
                 prof = prof * np.clip(0.75 + 0.3 * texture, 0.3, 1.2)  # patchy air-space filling
-            att += amp * prof
+            att += gain * amp * prof
             center = (cu0, cv0, float(r))
 
     # Imaging chain: blur, exposure/window, detector gamma, vignetting, quantum noise.
@@ -537,6 +537,8 @@ def synthesize_cxr(
     seed: int | Sequence[int] = 0,
     lesion: str | None = None,
     n_readers: int | None = None,
+    lesion_gain: float = 1.0,
+    lesion_size: float = 1.0,
 ) -> SyntheticCXR:
     """One synthetic chest X-ray with its lesion mask and simulated gaze.
 
@@ -546,6 +548,9 @@ def synthesize_cxr(
             n_readers)``.
         lesion: ``None`` / ``"none"`` (normal) or one of :data:`LESION_TYPES`.
         n_readers: simulated readers (default: 1 or 2, drawn from the seed).
+        lesion_gain, lesion_size: multiply every lesion's contrast and the radius of nodules and
+            opacities (1 = the default, subtle-to-obvious, range; > 1 makes the task easier at a small
+            image size, see ``benchmarks/cxr_gaze_bench.py``). The random draws do not change.
     Returns:
         :class:`SyntheticCXR`; fixations are in pixels of an ``ORIGINAL_SIZE`` square original.
     """
@@ -555,7 +560,7 @@ def synthesize_cxr(
     if size < 32:
         raise UserError(f"synthetic chest X-ray size must be at least 32 px, got {size}")
     rng = np.random.default_rng(list(seed) if isinstance(seed, Sequence) else seed)
-    img, mask, an, _, center = _render(rng, size, lesion)
+    img, mask, an, _, center = _render(rng, size, lesion, gain=float(lesion_gain), grow=float(lesion_size))
     orig = max(ORIGINAL_SIZE, size)
     n_readers = int(rng.integers(1, 3)) if n_readers is None else int(n_readers)
     fixations, extras = [], []
@@ -643,7 +648,8 @@ def write_reflacx_gaze(gaze_root: str | Path, items: Sequence[tuple[str, Synthet
 
 
 def write_synthetic_cxr(
-    out: str | Path, *, n: int, size: int = 128, seed: int = 0, lesion_rate: float = 0.5
+    out: str | Path, *, n: int, size: int = 128, seed: int = 0, lesion_rate: float = 0.5,
+    lesion_gain: float = 1.0, lesion_size: float = 1.0,
 ) -> list[Path]:
     """Write ``n`` synthetic chest X-rays, ``labels.csv`` and REFLACX-format gaze to ``out``.
 
@@ -667,7 +673,7 @@ def write_synthetic_cxr(
         pick = np.random.default_rng([seed, i, 7])
         lesion = LESION_TYPES[int(pick.integers(3))] if pick.random() < lesion_rate else "none"
         name = f"cxr_{i:05d}"
-        s = synthesize_cxr(size=size, seed=(seed, i), lesion=lesion)
+        s = synthesize_cxr(size=size, seed=(seed, i), lesion=lesion, lesion_gain=lesion_gain, lesion_size=lesion_size)
         path = img_dir / f"{name}.png"
         write_png(path, s.image)
         paths.append(path)
