@@ -5,8 +5,8 @@
 ``calibrate`` checks, for a few (image size, lesion gain, lesion size) settings, the two
 conditions a useful benchmark needs (issue 16):
 
-* a supervised model reaches >= 0.9 test AUC (lesion vs none): a small CNN (3 conv blocks,
-  16-32-64 channels, global average + max pooling, linear), trained from scratch, 30 epochs;
+* a supervised model reaches >= 0.9 test AUC (lesion vs none): a small CNN (stride-2 stem, 3 conv
+  blocks of 16-32-64 channels, global average + max pooling, linear), from scratch, 20 epochs;
 * a random-init linear probe stays <= 0.6: the ViT the pretraining uses (patch 8, depth 4,
   width 96) at its seeded random init, mean of patch tokens + class token, standardised,
   logistic regression (scikit-learn, C = 1);
@@ -32,10 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 SETTINGS = [  # (size, lesion_gain, lesion_size)
-    (64, 1.0, 1.0),
-    (96, 1.0, 1.0),
-    (96, 2.0, 1.5),
-    (96, 3.0, 2.0),
+    (64, 1.0, 1.0),  # the committed benchmark's setting (at chance)
+    (96, 2.5, 1.8),
+    (64, 3.0, 2.5),
 ]
 ENCODER = {"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3}
 
@@ -63,7 +62,8 @@ def auc(scores, labels) -> float:
 class SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        layers, c = [], 1
+        # a stride-2 stem: 4x cheaper, and lesions are several pixels wide
+        layers, c = [nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU()], 16
         for w in (16, 32, 64):
             layers += [nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1),
                        nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)]
@@ -76,7 +76,7 @@ class SmallCNN(nn.Module):
         return self.head(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))[:, 0]
 
 
-def supervised_auc(xtr, ytr, xte, yte, *, epochs: int = 30, seed: int = 0) -> float:
+def supervised_auc(xtr, ytr, xte, yte, *, epochs: int = 20, seed: int = 0) -> float:
     torch.manual_seed(seed)
     model = SmallCNN()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
