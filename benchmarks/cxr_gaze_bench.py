@@ -35,6 +35,8 @@ SETTINGS = [  # (size, lesion_gain, lesion_size)
     (64, 1.0, 1.0),  # the committed benchmark's setting (at chance)
     (96, 2.5, 1.8),
     (64, 3.0, 2.5),
+    (96, 3.0, 1.0),  # small but high-contrast: local evidence a random encoder should not pool
+    (128, 2.5, 1.0),
 ]
 ENCODER = {"patch_size": 8, "depth": 4, "embed_dim": 96, "num_heads": 3}
 

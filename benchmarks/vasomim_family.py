@@ -153,7 +153,9 @@ def analyze(method: str, seed: int, work: Path, data: Path, split: dict) -> dict
 
     out = work / "analyze" / f"{method}_s{seed}"
     if (out / "analysis.json").is_file():
-        return json.loads((out / "analysis.json").read_text())
+        summary = json.loads((out / "analysis.json").read_text())
+        if f"softdice_seg_s{REF_SEED}" in summary["fidelity"]:  # else written before soft Dice existed: redo
+            return summary
     test = work / "test_images"
     if not test.is_dir():
         test.mkdir(parents=True)
@@ -174,7 +176,8 @@ def tables(work: Path, results: Path, seeds: list[int]) -> None:
 
     methods = ("scratch",) + METHODS
     rows, per_seed = [], {}
-    metric_keys = [("dice_ref", lambda a: a["fidelity"].get(f"dice_seg_s{REF_SEED}")), ("dice_sato", lambda a: a["fidelity"]["dice_sato"]),
+    metric_keys = [("dice_ref", lambda a: a["fidelity"].get(f"dice_seg_s{REF_SEED}")),
+                   ("softdice_ref", lambda a: a["fidelity"].get(f"softdice_seg_s{REF_SEED}")), ("dice_sato", lambda a: a["fidelity"]["dice_sato"]),
                    ("psnr_vessel", lambda a: a["fidelity"]["psnr_vessel"]), ("psnr_background", lambda a: a["fidelity"]["psnr_background"]),
                    ("silhouette", lambda a: a["tokens"]["silhouette"]), ("calinski_harabasz", lambda a: a["tokens"]["calinski_harabasz"]),
                    ("davies_bouldin", lambda a: a["tokens"]["davies_bouldin"]),
@@ -231,11 +234,11 @@ def tables(work: Path, results: Path, seeds: list[int]) -> None:
     for m in METHODS:
         lines.append(f"| {LABELS[m]} | " + " | ".join(agg(m, k) for k, _ in metric_keys) + " |")
     lines += ["", "## Ablation (guidance x consistency), paired differences vs MAE", "",
-              "| guidance | consistency | method | probe Dice − MAE | dice_ref − MAE | dice_sato − MAE | silhouette − MAE |",
+              "| guidance | consistency | method | probe Dice − MAE | softdice_ref − MAE | dice_sato − MAE | silhouette − MAE |",
               "|---|---|---|---|---|---|---|"]
     for g, c, m in (("no", "no", "mae"), ("yes", "no", "vasomim_guidance_only"), ("no", "yes", "vasomim_consistency_only"),
                     ("yes", "yes", "vasomim")):
-        cells = [diff(m, "mae", k) if m != "mae" else agg(m, k) for k in ("probe_dice", "dice_ref", "dice_sato", "silhouette")]
+        cells = [diff(m, "mae", k) if m != "mae" else agg(m, k) for k in ("probe_dice", "softdice_ref", "dice_sato", "silhouette")]
         lines.append(f"| {g} | {c} | {LABELS[m]} | " + " | ".join(cells) + " |")
     walls = [r["pretrain_wall_s"] for r in rows if r.get("pretrain_wall_s")]
     lines += ["", f"Pretraining wall time per run: " + ", ".join(

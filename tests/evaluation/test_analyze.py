@@ -44,6 +44,9 @@ def test_region_dice_and_psnr_only_count_the_region():
     p = M.region_psnr(y, x, region[:1])
     assert p[0] == pytest.approx(10 * math.log10(1 / (0.01 / 8)))
     assert math.isnan(M.region_psnr(y, x, torch.zeros_like(region[:1]))[0])
+    p_map = torch.full((1, 1, 4, 4), 0.3)  # never above 0.5: binary Dice is empty, soft Dice is not
+    assert math.isnan(M.region_dice(p_map > 0.5, p_map > 0.5, region[:1])[0])
+    assert M.region_soft_dice(p_map, p_map, region[:1])[0] == pytest.approx(0.3)
 
 
 def test_sato_maps_cut_the_reconstruction_at_the_originals_level():
@@ -101,7 +104,7 @@ def test_analyze_scores_every_run_on_the_same_masks(two_runs, tmp_path):
     assert [r["image"] for r in rv] == [r["image"] for r in rm] and len(rv) == 3
     assert sv["fixed_masks"] == sm["fixed_masks"] == str(fm)
     for s in (sv, sm):
-        assert set(s["fidelity"]) == {"dice_segmentor", "dice_sato", "psnr_vessel", "psnr_background", "psnr_hidden"}
+        assert set(s["fidelity"]) == {"dice_segmentor", "softdice_segmentor", "dice_sato", "psnr_vessel", "psnr_background", "psnr_hidden"}
         assert 0 <= s["fidelity"]["dice_sato"] <= 1 and s["vessel_source"].startswith("ground truth")
         assert 0 < s["masking"]["vessel_patch_share"] < 1
         assert s["tokens"]["n_patches"] == 3 * 64 and "silhouette" in s["tokens"]

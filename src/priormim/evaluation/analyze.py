@@ -46,7 +46,8 @@ PROTOCOL = {
     "reconstruction": "the decoder's prediction on hidden patches (norm-pix targets de-normalised with the visible "
                       "patch statistics), visible patches pasted from the original, de-normalised to [0, 1], clipped",
     "vessel_fidelity": "Dice inside the hidden pixels between vessel maps of reconstruction and original: each frozen "
-                       "segmentor at P > 0.5; Sato (sigmas 1-3, dark ridges) with both maps cut at the original's "
+                       "segmentor at P > 0.5 (dice_*) and as soft Dice of the probabilities (softdice_*, defined even when a briefly "
+                       "trained segmentor never passes 0.5); Sato (sigmas 1-3, dark ridges) with both maps cut at the original's "
                        "92nd-percentile response",
     "psnr": "PSNR (dB, data range 1) of the reconstruction inside hidden vessel pixels and hidden background pixels; "
             "vessel = the ground-truth mask when --masks is given, else the first segmentor's map of the original, "
@@ -176,7 +177,7 @@ def analyze_run(
     from priormim.benchmark.analysis import VESSEL_PATCH_FRACTION, clustering_scores, patch_labels
     from priormim.evaluation.figures import mask_to_image, reconstruct
     from priormim.evaluation.mechanism import (fixed_masks, patch_mask_to_pixels, region_dice, region_psnr,
-                                               sato_maps)
+                                               region_soft_dice, sato_maps)
     from priormim.evaluation.visualize import RunVisuals, _load_priors, _resize, visuals_figure
     from priormim.io import list_images, read_gray
     from priormim.models.mae import MaskedAutoencoder, encode_tokens
@@ -235,6 +236,7 @@ def analyze_run(
     per_image: dict[str, np.ndarray] = {}
     for name, (po, pr) in seg_maps.items():
         per_image[f"dice_{name}"] = region_dice(po > 0.5, pr > 0.5, hidden_px).numpy()
+        per_image[f"softdice_{name}"] = region_soft_dice(po, pr, hidden_px).numpy()
     per_image["dice_sato"] = region_dice(sato_orig, sato_rec, hidden_px).numpy()
     per_image["psnr_vessel"] = region_psnr(recon, image01, hidden_px & vessel).numpy()
     per_image["psnr_background"] = region_psnr(recon, image01, hidden_px & ~vessel).numpy()

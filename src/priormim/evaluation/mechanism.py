@@ -135,6 +135,17 @@ def region_dice(a: Tensor, b: Tensor, region: Tensor) -> Tensor:
     return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.full_like(total, math.nan))
 
 
+def region_soft_dice(p: Tensor, q: Tensor, region: Tensor) -> Tensor:
+    """Soft Dice ``2 sum(p q) / (sum p + sum q)`` of probability maps inside ``region``, per image
+    ``[B]`` (all ``[B, 1, H, W]``): defined even for a segmentor whose probabilities never pass
+    0.5 (a briefly trained one), where the binary Dice is empty; NaN when both sums are 0."""
+    r = region.float()
+    p, q = p.double() * r, q.double() * r
+    inter = (p * q).flatten(1).sum(1)
+    total = p.flatten(1).sum(1) + q.flatten(1).sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-12), torch.full_like(total, math.nan))
+
+
 def region_psnr(recon: Tensor, original: Tensor, region: Tensor, *, data_range: float = 1.0) -> Tensor:
     """PSNR (dB) of ``recon`` against ``original`` over the pixels of ``region``, per image ``[B]``
     (all ``[B, 1, H, W]``; intensities in ``[0, data_range]``); NaN for an empty region."""
@@ -195,6 +206,7 @@ __all__ = [
     "patch_mask_to_pixels",
     "region_dice",
     "region_psnr",
+    "region_soft_dice",
     "sato_maps",
     "save_fixed_masks",
 ]
