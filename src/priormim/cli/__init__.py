@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "bench",
     "ingest",
     "visualize",
+    "analyze",
 )
 # Modules under priormim.cli that each add one KIND to `priormim synth KIND` (a
 # ``register_synth(synth_subparsers)`` function); ``synth xca`` is built into cli/synth.py.

@@ -31,7 +31,7 @@ def _run_xca(args: argparse.Namespace) -> int:
     from priormim.data.synth_xca import write_synthetic_xca
     from priormim.io import read_mask
 
-    paths = write_synthetic_xca(args.out, n=args.n, size=args.size, seed=args.seed)
+    paths = write_synthetic_xca(args.out, n=args.n, size=args.size, seed=args.seed, rich=args.rich)
     # Re-read the written masks: the summary then describes the files on disk.
     fraction = float(np.mean([read_mask(p.parent.parent / "masks" / p.name).mean() for p in paths]))
     print(
@@ -66,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--size", type=_int_at_least(32), default=256, help="side length in pixels (default 256)"
     )
     xca.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+    xca.add_argument("--rich", action="store_true",
+                     help="richer anatomy: overlapping rib shadows, a sharp diaphragm edge, motion blur of the anatomy")
     xca.set_defaults(func=_run_xca)
 
     from priormim.cli import SYNTH_MODULES

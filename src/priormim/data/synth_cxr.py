@@ -126,6 +126,8 @@ def synthesize_cxr(
     seed: int | Sequence[int] = 0,
     lesion: str | None = None,
     n_readers: int | None = None,
+    lesion_gain: float = 1.0,
+    lesion_size: float = 1.0,
 ) -> SyntheticCXR:
     """One synthetic chest X-ray with its lesion mask and simulated gaze.
 
@@ -135,6 +137,9 @@ def synthesize_cxr(
             n_readers)``.
         lesion: ``None`` / ``"none"`` (normal) or one of :data:`LESION_TYPES`.
         n_readers: simulated readers (default: 1 or 2, drawn from the seed).
+        lesion_gain, lesion_size: multiply every lesion's contrast and the radius of nodules and
+            opacities (1 = the default, subtle-to-obvious, range; > 1 makes the task easier at a small
+            image size, see ``benchmarks/cxr_gaze_bench.py``). The random draws do not change.
     Returns:
         :class:`SyntheticCXR`; fixations are in pixels of an ``ORIGINAL_SIZE`` square original.
     """
@@ -144,7 +149,7 @@ def synthesize_cxr(
     if size < 32:
         raise UserError(f"synthetic chest X-ray size must be at least 32 px, got {size}")
     rng = np.random.default_rng(list(seed) if isinstance(seed, Sequence) else seed)
-    img, mask, an, _, center = render_cxr(rng, size, lesion)
+    img, mask, an, _, center = render_cxr(rng, size, lesion, gain=float(lesion_gain), grow=float(lesion_size))
     orig = max(ORIGINAL_SIZE, size)
     n_readers = int(rng.integers(1, 3)) if n_readers is None else int(n_readers)
     fixations, extras = [], []
@@ -232,7 +237,8 @@ def write_reflacx_gaze(gaze_root: str | Path, items: Sequence[tuple[str, Synthet
 
 
 def write_synthetic_cxr(
-    out: str | Path, *, n: int, size: int = 128, seed: int = 0, lesion_rate: float = 0.5
+    out: str | Path, *, n: int, size: int = 128, seed: int = 0, lesion_rate: float = 0.5,
+    lesion_gain: float = 1.0, lesion_size: float = 1.0,
 ) -> list[Path]:
     """Write ``n`` synthetic chest X-rays, ``labels.csv`` and REFLACX-format gaze to ``out``.
 
@@ -256,7 +262,7 @@ def write_synthetic_cxr(
         pick = np.random.default_rng([seed, i, 7])
         lesion = LESION_TYPES[int(pick.integers(3))] if pick.random() < lesion_rate else "none"
         name = f"cxr_{i:05d}"
-        s = synthesize_cxr(size=size, seed=(seed, i), lesion=lesion)
+        s = synthesize_cxr(size=size, seed=(seed, i), lesion=lesion, lesion_gain=lesion_gain, lesion_size=lesion_size)
         path = img_dir / f"{name}.png"
         write_png(path, s.image)
         paths.append(path)

@@ -157,7 +157,7 @@ def _pick_in_lung(rng: np.random.Generator, an: Anatomy, side: int) -> tuple[flo
 
 
 def render_cxr(
-    rng: np.random.Generator, size: int, lesion: str
+    rng: np.random.Generator, size: int, lesion: str, *, gain: float = 1.0, grow: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, Anatomy, np.ndarray, tuple[float, float, float]]:
     """Render the image. Returns (image float32 [H, W] in [0, 1], lesion mask, anatomy,
     lung masks [2, H, W], lesion (u, v, radius) in anatomy coordinates)."""
@@ -258,7 +258,7 @@ def render_cxr(
             h = rng.uniform(0.07, 0.18)
             level = cp_v - h - 0.5 * h * np.clip((d - 0.1) / (an.lat[side] - 0.1), 0, 1) ** 3
             fluid = _sig(v - level, 0.012) * free  # fluid behind the heart does not show
-            att += rng.uniform(0.45, 0.8) * depth * fluid * body
+            att += gain * rng.uniform(0.45, 0.8) * depth * fluid * body
             mask = fluid > 0.5
             ys, xs = np.nonzero(mask)
             if ys.size:
@@ -267,11 +267,11 @@ def render_cxr(
         else:
             cu0, cv0 = _pick_in_lung(rng, an, side)
             if lesion == "nodule":
-                r = rng.uniform(0.012, 0.028)
+                r = grow * rng.uniform(0.012, 0.028)
                 prof = _sig(r - np.hypot(u - cu0, v - cv0), 0.3 * r)
                 amp = rng.uniform(0.08, 0.2)
             else:  # opacity: overlapping soft blobs with a patchy texture
-                r = rng.uniform(0.05, 0.10)
+                r = grow * rng.uniform(0.05, 0.10)
                 k = int(rng.integers(3, 6))
                 off = rng.normal(0, 0.45 * r, (k, 2))
                 rr = r * rng.uniform(0.5, 0.9, k)
@@ -285,7 +285,7 @@ def render_cxr(
                 cu0, cv0 = float(u[ys, xs].mean()), float(v[ys, xs].mean())
             if lesion == "opacity":
                 prof = prof * np.clip(0.75 + 0.3 * texture, 0.3, 1.2)  # patchy air-space filling
-            att += amp * prof
+            att += gain * amp * prof
             center = (cu0, cv0, float(r))
 
     # Imaging chain: blur, exposure/window, detector gamma, vignetting, quantum noise.

@@ -269,8 +269,51 @@ def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return (f - f.mean()) / max(float(f.std()), 1e-6)
 
 
-def _background(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
-    """Anatomy background ``float [size, size]`` around 0.5 in display units."""
+def _ribs(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
+    """Overlapping rib shadows ``float [size, size]`` (positive = brighter, i.e. more bone).
+
+    Each rib is a gently curved band 0.11-0.17 of the image wide, 0.26-0.4 apart (at a typical 12-16 cm field
+    of view ribs are 1.5-2.5 cm wide, 3-5 cm apart), brighter at its two cortical edges than in its
+    middle (a projected hollow tube); posterior and anterior ribs cross at different angles.
+    """
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    out = np.zeros((size, size))
+    for family in range(int(rng.integers(1, 3))):  # one or two rib families (posterior / anterior)
+        ang = rng.uniform(-0.6, 0.6) + (np.pi / 2 if family else 0.0) * rng.uniform(0.25, 0.45)
+        nx, ny = -np.sin(ang), np.cos(ang)
+        bend = rng.uniform(-1.5, 1.5) / size  # curvature: the band's offset grows quadratically
+        along = (xx - size / 2) * np.cos(ang) + (yy - size / 2) * np.sin(ang)
+        across = (xx - size / 2) * nx + (yy - size / 2) * ny - bend * along**2
+        pitch = rng.uniform(0.26, 0.4) * size
+        width = rng.uniform(0.11, 0.17) * size
+        phase = rng.uniform(0, pitch)
+        d = np.mod(across + phase, pitch) - pitch / 2  # signed distance to the nearest rib's centre
+        edge = 3.0 * scale + 0.4  # soft: ribs sit far from the detector, out of the focal plane
+        band = 1.0 / (1.0 + np.exp((np.abs(d) - width / 2) / edge))
+        cortex = np.exp(-0.5 * ((np.abs(d) - width / 2 + 1.5 * edge) / edge) ** 2)
+        out += rng.uniform(0.02, 0.045) * (band + 0.35 * cortex)
+    return out
+
+
+def _motion_blur(img: np.ndarray, rng: np.random.Generator, scale: float) -> np.ndarray:
+    """Blur along one random direction (cardiac / respiratory motion during the exposure)."""
+    length = rng.uniform(2.0, 8.0) * scale
+    ang = rng.uniform(0, np.pi)
+    # an anisotropic Gaussian: rotate, blur along x only, rotate back
+    rot = np.degrees(ang)
+    work = ndi.rotate(img, rot, reshape=True, order=1, mode="nearest")
+    work = ndi.gaussian_filter1d(work, sigma=max(length / 2.355, 0.3), axis=1, mode="nearest")
+    back = ndi.rotate(work, -rot, reshape=False, order=1, mode="nearest")
+    h0 = (back.shape[0] - img.shape[0]) // 2
+    w0 = (back.shape[1] - img.shape[1]) // 2
+    return back[h0 : h0 + img.shape[0], w0 : w0 + img.shape[1]]
+
+
+def _background(rng: np.random.Generator, size: int, scale: float, *, rich: bool = False) -> np.ndarray:
+    """Anatomy background ``float [size, size]`` around 0.5 in display units.
+
+    ``rich`` adds rib shadows, a sharper, darker diaphragm edge and motion blur of the anatomy
+    (drawn after everything else, so the default images stay as they were)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     bg = np.full((size, size), rng.uniform(0.5, 0.66))
     bg += rng.uniform(0.05, 0.11) * _smooth_field(rng, size, 2)  # organs, lung fields
@@ -296,18 +339,32 @@ def _background(rng: np.random.Generator, size: int, scale: float) -> np.ndarray
         ang = rng.uniform(0, 2 * np.pi)
         dist = (xx - size / 2) * np.cos(ang) + (yy - size / 2) * np.sin(ang) - rng.uniform(0.15, 0.45) * size
         bg += rng.uniform(0.08, 0.25) / (1.0 + np.exp(-dist / (1.0 * scale + 0.3)))
+    if rich:
+        bg += _ribs(rng, size, scale)
+        if rng.random() < 0.6:  # diaphragm / liver: a dark dome with a sharp edge low in the frame
+            yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+            cx, rad = rng.uniform(0.2, 0.8) * size, rng.uniform(0.5, 0.9) * size
+            cy = size * rng.uniform(0.75, 1.1) + rad
+            dist = rad - np.hypot(xx - cx, yy - cy)
+            bg -= rng.uniform(0.08, 0.18) / (1.0 + np.exp(-dist / (1.0 * scale + 0.3)))
+        if rng.random() < 0.7:
+            bg = _motion_blur(bg, rng, scale)
     return bg
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def synthesize_angiogram(*, size: int = 256, seed: int | np.random.Generator = 0) -> SyntheticAngiogram:
+def synthesize_angiogram(*, size: int = 256, seed: int | np.random.Generator = 0,
+                         rich: bool = False) -> SyntheticAngiogram:
     """Synthesize one coronary angiogram with its vessel mask.
 
     Args:
         size: side length in pixels (square image), >= 32.
         seed: an integer seed or a ``numpy.random.Generator`` (consumed).
+        rich: overlapping anatomy (rib shadows with cortical edges, a sharp diaphragm dome) and
+            motion blur of the anatomy, as in real angiograms (see ``docs/synthetic_data.md``);
+            False keeps the original, plainer backgrounds (same images as before for a seed).
 
     Returns:
         :class:`SyntheticAngiogram` with ``image`` ``uint8 [size, size]`` and ``mask``
@@ -365,7 +422,7 @@ def synthesize_angiogram(*, size: int = 256, seed: int | np.random.Generator = 0
     # max, not sum: the catheter tip sits in the ostium and would otherwise make a dark blob.
     dark = np.maximum(dark, rng.uniform(0.2, 0.32) * (1.0 - np.exp(-thick_cath / scale / tau)))
 
-    img = _background(rng, size, scale) - ndi.gaussian_filter(dark, sigma=rng.uniform(0.3, 0.7) * scale)
+    img = _background(rng, size, scale, rich=rich) - ndi.gaussian_filter(dark, sigma=rng.uniform(0.3, 0.7) * scale)
     yy, xx = np.mgrid[0:size, 0:size]
     rr = np.hypot(xx - col_c[0], yy - col_c[1]) / col_r
     img *= 1.0 - rng.uniform(0.0, 0.2) * rr**2  # vignetting
@@ -383,7 +440,7 @@ def synthesize_angiogram(*, size: int = 256, seed: int | np.random.Generator = 0
 
 
 def write_synthetic_xca(
-    out: str | Path, *, n: int, size: int = 256, seed: int = 0, prefix: str = "xca"
+    out: str | Path, *, n: int, size: int = 256, seed: int = 0, prefix: str = "xca", rich: bool = False
 ) -> list[Path]:
     """Write ``n`` synthetic angiograms to ``out/images/`` and masks to ``out/masks/``.
 
@@ -391,6 +448,8 @@ def write_synthetic_xca(
     Image ``i`` depends only on ``(seed, i, size)``: it equals
     ``synthesize_angiogram(size=size, seed=np.random.default_rng([seed, i]))``, so a run with a
     larger ``n`` extends a smaller one. Existing files are overwritten atomically.
+
+    ``rich`` selects :func:`synthesize_angiogram`'s richer anatomy.
 
     Returns:
         The image paths, in index order.
@@ -406,7 +465,7 @@ def write_synthetic_xca(
         raise UserError("exists and is not a folder; pass a folder for --out", out)
     paths = []
     for i in range(int(n)):
-        sample = synthesize_angiogram(size=size, seed=np.random.default_rng([int(seed), i]))
+        sample = synthesize_angiogram(size=size, seed=np.random.default_rng([int(seed), i]), rich=rich)
         name = f"{prefix}_{i:05d}.png"
         write_png(out / "masks" / name, sample.mask)
         write_png(out / "images" / name, sample.image)
