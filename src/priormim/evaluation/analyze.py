@@ -174,7 +174,7 @@ def analyze_run(
             ``OUT/fixed_masks.npz``. Pass the same file for every run compared.
         draws: masks drawn per image and training stage for the masking statistics.
     """
-    from priormim.benchmark.analysis import VESSEL_PATCH_FRACTION, clustering_scores, patch_labels
+    from priormim.evaluation.separability import VESSEL_PATCH_FRACTION, clustering_scores, patch_labels
     from priormim.evaluation.figures import mask_to_image, reconstruct
     from priormim.evaluation.mechanism import (fixed_masks, patch_mask_to_pixels, region_dice, region_psnr,
                                                region_soft_dice, sato_maps)
