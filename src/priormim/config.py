@@ -140,8 +140,29 @@ class PretrainConfig:
 
 
 def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Return ``value`` coerced to ``tp`` where lossless (int -> float), else raise UserError."""
+    """Return ``value`` coerced to ``tp`` where lossless (int -> float, str -> Path, list ->
+    tuple), else raise UserError. Generic containers are checked element by element:
+    ``tuple[int, int]`` (that many), ``tuple[int, ...]``, ``list[int]``; ``dict[...]`` as ``dict``."""
     origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_check_type(v, args[0], key, source) for v in value)
+            if len(value) == len(args):
+                return tuple(_check_type(v, a, key, source) for v, a in zip(value, args))
+        raise UserError(f"'{key}' must be a list of {_type_name(tp)}, got {value!r}", source)
+    if origin is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, (list, tuple)):
+            return [_check_type(v, arg, key, source) for v in value]
+        raise UserError(f"'{key}' must be {_type_name(tp)}, got {value!r}", source)
+    if origin is dict:
+        tp = dict
+    if tp is Path and isinstance(value, (str, Path)) and str(value) != "":
+        return Path(value)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -178,14 +199,33 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
 
 
 def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"{_type_name(args[0])}s"
+        return f"{len(args)} {' / '.join(sorted({_type_name(a) for a in args}))}s, e.g. [{', '.join(_example(a) for a in args)}]"
+    if origin is list:
+        return f"list of {_type_name((typing.get_args(tp) or (Any,))[0])}"
+    if origin is dict:
+        return "dict"
+    if tp is Path:
+        return "path"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
-def _from_dict(cls: type, data: dict, prefix: str, source: str) -> Any:
+def _example(tp: Any) -> str:
+    return {int: "1", float: "0.5", str: "name"}.get(tp, "...")
+
+
+def check_values(cls: type, data: dict, prefix: str, source: str) -> dict[str, Any]:
+    """``data`` (plain YAML values) checked against dataclass ``cls``'s field types: the coerced
+    keyword arguments (nested dataclasses built); a one-line UserError naming an unknown key
+    (with the valid ones) or a value of the wrong type."""
     if not isinstance(data, dict):
-        raise UserError(f"'{prefix or 'config'}' must be a mapping, got {data!r}", source)
+        raise UserError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}", source)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -200,7 +240,13 @@ def _from_dict(cls: type, data: dict, prefix: str, source: str) -> Any:
             kwargs[name] = _from_dict(tp, value, f"{prefix}{name}.", source)
         else:
             kwargs[name] = _check_type(value, tp, f"{prefix}{name}", source)
-    return cls(**kwargs)
+    return kwargs
+
+
+def _from_dict(cls: type, data: dict, prefix: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"'{prefix or 'config'}' must be a mapping, got {data!r}", source)
+    return cls(**check_values(cls, data, prefix, source))
 
 
 def _deep_update(base: dict, update: dict) -> dict:
@@ -210,16 +256,55 @@ def _deep_update(base: dict, update: dict) -> dict:
     return out
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A YAML path, or the name of a packaged recipe (``vasomim``, ``mae``, ...)."""
+def resolve_config_path(name_or_path: str | Path, packaged_dir: Path = PACKAGED_CONFIGS) -> Path:
+    """A YAML path, or the name of a packaged recipe (``vasomim``, ``mae``, ...; fine-tuning
+    presets with ``packaged_dir=FINETUNE_PRESETS``: ``seg_unet``, ``cls_linear``, ...)."""
     p = Path(name_or_path)
     if p.exists():
         return p
-    packaged = PACKAGED_CONFIGS / f"{p.stem}.yaml"
+    packaged = packaged_dir / f"{p.stem}.yaml"
     if p.suffix in ("", ".yaml", ".yml") and packaged.exists() and len(p.parts) <= 2:
         return packaged
-    known = ", ".join(sorted(q.stem for q in PACKAGED_CONFIGS.glob("*.yaml")))
+    known = ", ".join(sorted(q.stem for q in packaged_dir.glob("*.yaml")))
     raise UserError(f"config file not found; pass a YAML path or one of: {known}", p)
+
+
+def read_yaml_config(path: str | Path, packaged_dir: Path = PACKAGED_CONFIGS) -> tuple[dict, str]:
+    """``(mapping, source)`` of a YAML config (path or packaged name); one-line UserErrors."""
+    p = resolve_config_path(path, packaged_dir)
+    if p.is_dir():
+        raise UserError("is a folder; pass a YAML file or a packaged recipe name", p)
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"invalid YAML ({str(exc).splitlines()[0]})", p) from exc
+    except UnicodeDecodeError as exc:
+        raise UserError("is not a text (YAML) file; pass a YAML recipe", p) from exc
+    except OSError as exc:
+        raise UserError(f"cannot read the config ({exc.strerror or exc})", p) from exc
+    if not isinstance(loaded, dict):
+        raise UserError("a config must be a YAML mapping", p)
+    return loaded, str(p)
+
+
+# Fine-tuning presets (``priormim finetune seg|cls --config NAME``).
+FINETUNE_PRESETS = PACKAGED_CONFIGS / "finetune"
+
+
+def load_values(cls: type, path: str | Path | None = None, overrides: list[str] | dict | None = None, *,
+                packaged_dir: Path = FINETUNE_PRESETS) -> tuple[dict[str, Any], str]:
+    """A YAML preset (path or packaged name) + ``KEY=VALUE`` overrides, checked against the
+    fields of dataclass ``cls`` as :func:`load_config` checks a pretraining recipe (unknown
+    keys, wrong types: one-line UserErrors). Returns ``(keyword arguments, source)``; the
+    caller builds ``cls`` (a fine-tuning config fills its own defaults in ``resolved()``)."""
+    data: dict = {}
+    source = "config"
+    if path is not None:
+        data, source = read_yaml_config(path, packaged_dir)
+    if overrides:
+        data = _deep_update(data, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
+        source = f"{source} + overrides"
+    return check_values(cls, data, "", source), source
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -379,21 +464,7 @@ def load_config(
     data: dict = {}
     source = "config"
     if path is not None:
-        p = resolve_config_path(path)
-        source = str(p)
-        if p.is_dir():
-            raise UserError("is a folder; pass a YAML file or a packaged recipe name", p)
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"invalid YAML ({str(exc).splitlines()[0]})", p) from exc
-        except UnicodeDecodeError as exc:
-            raise UserError("is not a text (YAML) file; pass a YAML recipe", p) from exc
-        except OSError as exc:
-            raise UserError(f"cannot read the config ({exc.strerror or exc})", p) from exc
-        if not isinstance(loaded, dict):
-            raise UserError("a config must be a YAML mapping", p)
-        data = loaded
+        data, source = read_yaml_config(path)
     if overrides:
         upd = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
         data = _deep_update(data, upd)

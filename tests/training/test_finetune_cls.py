@@ -247,3 +247,47 @@ def test_cli(blobs, tmp_path, capsys):
     rc = main(["finetune", "cls", "--encoder", "none", "--train", str(tmp_path / "nope"), "--test", str(test), "--out", str(tmp_path / "b")])
     err = capsys.readouterr().err
     assert rc == 2 and "nope" in err and "Traceback" not in err
+
+
+def test_interrupted_seed_resumes_to_the_same_result_and_logs(blobs, tmp_path, monkeypatch):
+    """A seed stopped after epoch 2 (Ctrl-C / SIGTERM) resumes from seed0/last.ckpt on the next
+    run and ends exactly as an uninterrupted run (full mode: augmentation and drop-path RNG
+    restored); a changed setting is refused naming it; log.jsonl + TensorBoard per seed."""
+    import priormim.training.cls.train as cls_train
+
+    train, test = blobs
+    kw = dict(train=train, test=test, mode="full", seeds=[0], save_model=False, **{**FAST, "epochs": 4})
+    ref = finetune_classification(ClsFinetuneConfig(out=tmp_path / "ref", **kw))
+
+    out = tmp_path / "run"
+    real_save = cls_train.save_last_checkpoint
+
+    def save_then_stop(state, run_dir):
+        real_save(state, run_dir)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cls_train, "save_last_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_classification(ClsFinetuneConfig(out=out, **kw))
+    monkeypatch.setattr(cls_train, "save_last_checkpoint", real_save)
+    assert (out / "seed0" / "last.ckpt").is_file() and not (out / "seed0" / "metrics.json").exists()
+    assert [json.loads(x)["epoch"] for x in (out / "seed0" / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+    with pytest.raises(UserError, match=r"seed 0 resumes from its checkpoint: lr is 0\.002 but the run was started with 6\.25e-05; resume with lr=6\.25e-05"):
+        finetune_classification(ClsFinetuneConfig(out=out, **{**kw, "lr": 0.002}))
+
+    res = finetune_classification(ClsFinetuneConfig(out=out, **kw))
+    assert res.metrics[0]["history"] == ref.metrics[0]["history"] and res.test_auc == ref.test_auc
+    assert not (out / "seed0" / "last.ckpt").exists() and not (out / "seed0" / "previous.ckpt").exists()
+    log = [json.loads(x) for x in (out / "seed0" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4] and log[3]["val_loss"] == ref.metrics[0]["history"][3]["val_loss"]
+    assert any((out / "seed0" / "tb").iterdir())
+
+
+def test_non_finite_loss_names_epoch_and_step(blobs, tmp_path):
+    train, test = blobs
+    cfg = ClsFinetuneConfig(train=train, test=test, out=tmp_path / "run", mode="full", seeds=[0], save_model=False,
+                            **{**FAST, "epochs": 1, "lr": 1e30})
+    with pytest.raises(UserError, match=r"loss is (nan|inf) at epoch 1, step \d+; lower --lr"):
+        finetune_classification(cfg)

@@ -90,6 +90,9 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
                       help="pick a dual (low, high) threshold on val next to the single cut (strong recipe: on)")
     post.add_argument("--rescore", action="store_true",
                       help="do not retrain finished seeds: re-pick the post-processing on val and re-score the test set")
+    from priormim.cli.finetune_config import add_config_args
+
+    add_config_args(p, presets="seg_unet, seg_vit, seg_strong")
     p.set_defaults(func=run_seg)
     return p
 
@@ -108,12 +111,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         finetune_cls.register_finetune(finetune_subparsers)
 
 
+# Flags whose config key is spelled otherwise (the rest: the flag's name with _ for -).
+SEG_FLAG_KEYS = {"unet_base": "unet_base_channels", "no_augment": "augment"}
+
+
 def run_seg(args: argparse.Namespace) -> int:
-    from priormim.training.finetune_seg import finetune_segmentation, recipe_config
+    from priormim.cli.finetune_config import merge_config
+    from priormim.training.finetune_seg import SegFinetuneConfig, finetune_segmentation, recipe_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = recipe_config(
-        args.recipe, native=args.native, crops_per_image=args.crops_per_image, schedule=args.schedule,
+    flags = dict(
+        recipe=args.recipe, native=args.native, crops_per_image=args.crops_per_image, schedule=args.schedule,
         augment_level=args.augment_level, cldice_weight=args.cldice_weight, tta=args.tta, hysteresis=args.hysteresis,
         out=args.out, train=args.train, test=args.test, val=args.val, data=args.data, split_seed=args.split_seed,
         model=args.model, encoder=args.encoder, backbone=args.backbone, model_kwargs=args.model_kwargs, img_size=args.img_size,
@@ -122,6 +130,8 @@ def run_seg(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs, val_every=args.val_every, augment=not args.no_augment, train_crop=args.train_crop, label=args.label, device=args.device,
         fov=args.fov, threshold=args.threshold,
     )
+    kwargs = merge_config(SegFinetuneConfig, args, flags, dest_to_key=SEG_FLAG_KEYS)
+    cfg = recipe_config(kwargs.pop("recipe", "default"), **kwargs)
     result = finetune_segmentation(cfg, resume=args.resume, rescore=args.rescore, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(result.results_md.read_text(encoding="utf-8"))

@@ -79,15 +79,23 @@ def register_finetune(finetune_subparsers: argparse._SubParsersAction) -> argpar
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     train.add_argument("--overwrite", action="store_true",
                        help="replace the seeds and results already in --out (finished seeds are otherwise reused)")
+    from priormim.cli.finetune_config import add_config_args
+
+    add_config_args(p, presets="cls_linear, cls_full")
     p.set_defaults(func=run_cls)
     return p
 
 
+# Flags whose config key is spelled otherwise (the rest: the flag's name with _ for -).
+CLS_FLAG_KEYS = {"pool": "global_pool", "no_save_model": "save_model"}
+
+
 def run_cls(args: argparse.Namespace) -> int:
+    from priormim.cli.finetune_config import merge_config
     from priormim.training.finetune_cls import ClsFinetuneConfig, finetune_classification
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = ClsFinetuneConfig(
+    flags = dict(
         train=args.train, test=args.test, out=args.out, encoder=args.encoder, backbone=args.backbone, mode=args.mode,
         seeds=list(args.seeds), format=args.format, val=args.val, val_fraction=args.val_fraction,
         test_fraction=args.test_fraction, split_seed=args.split_seed, img_size=args.img_size, epochs=args.epochs,
@@ -95,6 +103,7 @@ def run_cls(args: argparse.Namespace) -> int:
         opt=args.opt, layer_decay=args.layer_decay, drop_path=args.drop_path, global_pool=args.pool, hflip=args.hflip,
         model_kwargs=args.model_kwargs, device=args.device, num_workers=args.num_workers, save_model=not args.no_save_model, label=args.label,
     )
+    cfg = ClsFinetuneConfig(**merge_config(ClsFinetuneConfig, args, flags, dest_to_key=CLS_FLAG_KEYS))
     result = finetune_classification(cfg, overwrite=args.overwrite)
     print((result.out_dir / "results.md").read_text(encoding="utf-8"))
     print(f"results -> {result.out_dir / 'results.md'}, {result.out_dir / 'results.csv'}")

@@ -117,6 +117,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from priormim.errors import UserError
     from priormim.io import atomic_write_bytes, list_images, read_gray, refuse_stem_clashes, write_png
     from priormim.training.finetune_seg import load_segmenter, predict_masks, resolve_device
+    from priormim.training.loop import progress_bar
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.batch_size < 1:
@@ -129,21 +130,26 @@ def run_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, cfg = load_segmenter(args.model, device=device)
     done = skipped = 0
+    bar = progress_bar(len(files), "predict", enabled=True)
     for start in range(0, len(files), args.batch_size):
+        chunk = files[start : start + args.batch_size]
         batch = []
-        for f in files[start : start + args.batch_size]:
+        for f in chunk:
             try:
                 batch.append((f, read_gray(f)))
             except UserError as exc:
                 log.warning("skipped: %s", exc)
                 skipped += 1
-        if not batch:
-            continue
-        masks = predict_masks(model, [im for _, im in batch], cfg, device=device, batch_size=args.batch_size)
-        for (f, im), mask in zip(batch, masks):
-            write_png(args.out / "masks" / f"{f.stem}.png", mask)
-            _write_rgb(args.out / "overlays" / f"{f.stem}.png", with_legend(overlay_rgb(im, mask)))
-            done += 1
+        if batch:
+            masks = predict_masks(model, [im for _, im in batch], cfg, device=device, batch_size=args.batch_size)
+            for (f, im), mask in zip(batch, masks):
+                write_png(args.out / "masks" / f"{f.stem}.png", mask)
+                _write_rgb(args.out / "overlays" / f"{f.stem}.png", with_legend(overlay_rgb(im, mask)))
+                done += 1
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
     summary = {"model": str(args.model), "images": str(folder), "predicted": done, "skipped_unreadable": skipped}
     atomic_write_bytes(args.out / PREDICT_MARKER, json.dumps(summary, indent=2).encode("utf-8"))
     print(f"predicted {done} image(s), skipped {skipped} unreadable -> {args.out / 'masks'}, {args.out / 'overlays'}")
@@ -160,7 +166,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     refuse_input_overlap(out, [("--test", args.test), ("--model", args.model)], inside=False)
     claim_output(out, markers=("results.md", "metrics.json", "seed*/metrics.json"), owned=("results.csv", "seed*"),
                  overwrite=args.overwrite)
-    result = evaluate_saved_model(args.model, args.test, out, device=args.device)
+    result = evaluate_saved_model(args.model, args.test, out, device=args.device, progress=True)
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"metrics -> {', '.join(str(d / 'metrics.json') for d in result['run_dirs'])}")
     return 0

@@ -89,7 +89,7 @@ def extract_features(
     norm: NormStats,
     batch_size: int = 64,
     device: torch.device | str = "cpu",
-    amp: bool = False,
+    amp: bool | torch.dtype | None = False,
 ) -> Tensor:
     """Frozen-encoder features for a whole image set (linear probing without augmentation).
 
@@ -97,17 +97,19 @@ def extract_features(
         model: ViT; put in eval mode here (no dropout / drop-path).
         images: ``uint8 [N, 1, H, W]`` (0..255) or float ``[N, 1, H, W]`` in ``[0, 1]``.
         norm: grey-level normalisation applied before the encoder.
-        amp: bfloat16 autocast (CUDA only).
+        amp: autocast dtype (``torch.bfloat16`` / ``torch.float16``; None or False: fp32); True:
+            bfloat16 on CUDA only.
 
     Returns:
         ``float32 [N, D]`` on the CPU.
     """
     device = torch.device(device)
+    dtype = (torch.bfloat16 if device.type == "cuda" else None) if amp is True else (amp or None)
     model.eval().to(device)
     out = []
     for start in range(0, len(images), batch_size):
         x = to_model_input(images[start : start + batch_size].to(device), norm)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             out.append(pooled_features(model, x).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.num_features)
 

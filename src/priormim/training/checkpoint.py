@@ -128,14 +128,16 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """UserError naming the first setting (other than :data:`RESUMABLE_KEYS`) in which the
-    run being resumed (``current``, a config dict) differs from the checkpoint's (``saved``)."""
+def check_resume_config(saved: dict[str, Any], current: dict[str, Any], path: Path, *,
+                        ignore: frozenset[str] | tuple[str, ...] = RESUMABLE_KEYS, what: str = "--resume") -> None:
+    """UserError naming the first setting (other than ``ignore``, by default
+    :data:`RESUMABLE_KEYS`) in which the run being resumed (``current``, a config dict) differs
+    from the checkpoint's (``saved``); ``what`` opens the message (the resuming action)."""
     a, b = _flatten(saved), _flatten(current)
     for key in sorted(set(a) | set(b)):
-        if key in RESUMABLE_KEYS or a.get(key) == b.get(key):
+        if key in ignore or a.get(key) == b.get(key):
             continue
-        raise UserError(f"--resume: {key} is {b.get(key)!r} but the run was started with {a.get(key)!r}; "
+        raise UserError(f"{what}: {key} is {b.get(key)!r} but the run was started with {a.get(key)!r}; "
                         f"resume with {key}={a.get(key)!r}, or start a new run with --overwrite or another --out", path)
 
 

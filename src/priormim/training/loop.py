@@ -11,8 +11,10 @@ Pieces, each usable alone:
 * :func:`run_epoch` -- one pass over a loader with the pieces above.
 * :func:`sigterm_as_interrupt` -- SIGTERM (scancel, SLURM pre-emption) stops a run like Ctrl-C.
 * :func:`save_epoch_checkpoint` -- ``last.ckpt`` every epoch + ``checkpoint-NNNN.ckpt`` rotation.
+* :func:`save_last_checkpoint` / :func:`resume_checkpoint` -- a fine-tuning seed's ``last.ckpt``
+  (the one before kept as ``previous.ckpt``) and its resumption with a settings fingerprint.
 
-How a loop adopts it (the fine-tunings are next; they keep their own loops for now)::
+How a loop adopts it (pretraining, both fine-tunings and the segmentor do)::
 
     updater = GradientUpdater(optimizer=opt, params=model.parameters, accum_iter=cfg.accum_iter,
                               clip_grad=cfg.clip_grad, ddp=ddp_model_or_None,
@@ -52,10 +54,14 @@ __all__ = [
     "LossNotFinite",
     "RunLogger",
     "autocast_context",
+    "autocast_dtype",
     "check_finite",
     "progress_bar",
+    "remove_checkpoints",
     "run_epoch",
+    "resume_checkpoint",
     "save_epoch_checkpoint",
+    "save_last_checkpoint",
     "seed_everything",
     "sigterm_as_interrupt",
 ]
@@ -65,16 +71,22 @@ class LossNotFinite(UserError):
     pass
 
 
-def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """The run's AMP policy: ``auto`` (bf16 on CUDA, off elsewhere), ``bf16``, ``fp16`` or ``off``."""
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype of the AMP policy ``amp`` on ``device`` (None: fp32); see :func:`autocast_context`."""
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "off"
     if amp == "off":
-        return contextlib.nullcontext()
+        return None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     if dtype is None:
         raise UserError(f"train.amp must be auto, bf16, fp16 or off, got '{amp}'")
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return dtype
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """The run's AMP policy: ``auto`` (bf16 on CUDA, off elsewhere), ``bf16``, ``fp16`` or ``off``."""
+    dtype = autocast_dtype(device, amp)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:
@@ -253,3 +265,39 @@ def save_epoch_checkpoint(state: dict[str, Any], out: Path, *, epoch: int, epoch
     save_checkpoint(state, out / "last.ckpt")
     if (epoch + 1) % save_every == 0 or epoch + 1 == epochs:
         save_checkpoint(state, out / f"checkpoint-{epoch + 1:04d}.ckpt")
+
+
+def save_last_checkpoint(state: dict[str, Any], run_dir: Path) -> None:
+    """``run_dir/last.ckpt`` (atomic); the one it replaces is kept as ``previous.ckpt``, so a
+    damaged new file falls back to it (:func:`priormim.training.checkpoint.latest_valid_checkpoint`)."""
+    import os
+
+    from priormim.training.checkpoint import save_checkpoint
+
+    last = Path(run_dir) / "last.ckpt"
+    if last.is_file():
+        os.replace(last, last.with_name("previous.ckpt"))
+    save_checkpoint(state, last)
+
+
+def resume_checkpoint(run_dir: Path, config: dict[str, Any], *, what: str, key: str = "config") -> dict[str, Any] | None:
+    """The newest loadable ``last.ckpt`` / ``previous.ckpt`` of ``run_dir`` (None if none), after
+    checking that its settings (``ckpt[key]``) equal ``config``: a changed setting is a one-line
+    UserError naming it (:func:`~priormim.training.checkpoint.check_resume_config`, opened by ``what``)."""
+    from priormim.training.checkpoint import check_resume_config, latest_valid_checkpoint
+
+    found = latest_valid_checkpoint(run_dir)
+    if found is None:
+        return None
+    path, ckpt = found
+    if not isinstance(ckpt, dict) or key not in ckpt:
+        raise UserError(f"is not a checkpoint of this command; delete it to start the seed over", path)
+    check_resume_config(ckpt[key], config, path, ignore=(), what=what)
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    """Drop ``last.ckpt`` / ``previous.ckpt`` once a seed is finished (its metrics mark it done)."""
+    for name in ("last.ckpt", "previous.ckpt"):
+        (Path(run_dir) / name).unlink(missing_ok=True)

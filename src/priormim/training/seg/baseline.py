@@ -28,13 +28,16 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_saved_model(model_dir: str | Path, test_dir: str | Path, out_dir: str | Path, *, device: str = "auto",
-                         names: Sequence[str] | None = None) -> dict[str, Any]:
+                         names: Sequence[str] | None = None, progress: bool = False) -> dict[str, Any]:
     """Score a saved segmenter on another data set (cross-data-set transfer).
 
     ``model_dir``: a seed folder, or a fine-tuning output folder (every ``seed*`` in it is
     scored). Writes ``<out_dir>/<seed>/metrics.json`` (or ``<out_dir>/metrics.json`` for one
     model) and ``results.md``/``.csv``; returns ``{"rows": [...], "run_dirs": [...]}``.
+    ``progress``: a tqdm bar over the models scored.
     """
+    from priormim.training.loop import progress_bar
+
     from priormim.data.readers import read_segmentation_folder
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -50,6 +53,7 @@ def evaluate_saved_model(model_dir: str | Path, test_dir: str | Path, out_dir: s
         pairs = [p for p in pairs if p.name in set(names)]
     samples = load_samples(pairs)
     run_dirs, notes = [], []
+    bar = progress_bar(len(model_dirs), f"evaluate ({len(samples)} images)", enabled=progress)
     for md in model_dirs:
         seen = seen_in_training(md, Path(test_dir), {s.name for s in samples})
         if seen:
@@ -70,6 +74,10 @@ def evaluate_saved_model(model_dir: str | Path, test_dir: str | Path, out_dir: s
         atomic_write_bytes(run_dir / "metrics.json", json.dumps(metrics, indent=2).encode("utf-8"))
         log.info("%s on %s: DSC %.4f, clDice %.4f", md, test_dir, summary["dice"]["mean"], summary["cldice"]["mean"])
         run_dirs.append(run_dir)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     rows = aggregate_runs(run_dirs)
     md_path, _ = write_results_table(rows, out_dir, title=f"Vessel segmentation on {Path(test_dir).name}")
     for note in notes:

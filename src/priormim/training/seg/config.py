@@ -110,6 +110,8 @@ class SegFinetuneConfig:
     fov: str = "collimator"  # "collimator": no vessel outside the X-ray field of view; "none": keep every prediction
     threshold: float | None = None  # probability threshold; None: picked on the validation split
     device: str = "auto"
+    amp: str = "auto"  # training autocast (priormim.training.loop.autocast_context): auto = bf16 on CUDA, off on the CPU | bf16 | fp16 | off
+    progress: bool = True  # tqdm bars on stderr
     label: str | None = None  # method name in tables; default from model / encoder
     # Recipe options (see priormim.training.seg.recipe; the defaults are the historical recipe).
     recipe: str = "default"  # the preset these values came from (recorded, see recipe_config)
@@ -135,6 +137,8 @@ class SegFinetuneConfig:
             raise UserError(f"epochs, batch size and --val-every must be >= 1, got {self.epochs}, {self.batch_size}, {self.val_every}")
         if not self.seeds:
             raise UserError("pass at least one seed")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise UserError(f"amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         if self.fov not in FOV_METHODS:
             raise UserError(f"unknown --fov {self.fov!r}; use {' or '.join(FOV_METHODS)}")
         if self.threshold is not None and not 0 < self.threshold < 1:

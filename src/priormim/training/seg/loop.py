@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -23,7 +22,17 @@ from priormim.training.results import read_metrics
 from priormim.training.seg.config import SegFinetuneConfig
 from priormim.losses.segmentation import soft_cldice_loss
 from priormim.training.seg.data import STRONG_AUGMENT, AugmentConfig, SegData, compute_norm_stats, paired_augment, stack_native, stack_resized
-from priormim.training.seg.inference import PostProcess, _autocast, evaluate_samples, pick_postprocess, val_dice
+from priormim.training.loop import (
+    GradientUpdater,
+    RunLogger,
+    autocast_context,
+    progress_bar,
+    remove_checkpoints,
+    resume_checkpoint,
+    run_epoch,
+    save_last_checkpoint,
+)
+from priormim.training.seg.inference import PostProcess, evaluate_samples, pick_postprocess, val_dice
 from priormim.training.seg.model_io import create_segmenter, load_segmenter, save_segmenter
 
 log = logging.getLogger(__name__)
@@ -66,10 +75,15 @@ def _seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+# Settings that change where and how a run is shown, not its numbers (as pretraining's
+# RESUMABLE_KEYS; amp too): a resumed or finished seed may differ in them.
+RUN_ONLY_KEYS = ("out", "device", "label", "progress", "amp")
+
+
 def _resume_fingerprint(cfg: SegFinetuneConfig, seed: int) -> dict[str, Any]:
     """The settings a checkpoint must share with the run that resumes it."""
     d = cfg.to_dict()
-    for k in ("out", "device", "label"):
+    for k in RUN_ONLY_KEYS:
         d.pop(k, None)
     d["seeds"] = [seed]
     return d
@@ -90,10 +104,13 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
     ``previous.ckpt``): model, optimizer, scheduler, epoch, step, best-so-far (Dice, epoch,
     weights), the validation curve and every RNG stream. With ``resume`` the newest loadable one
     is restored and training continues after its epoch, giving the same result as an
-    uninterrupted run (deterministic on CPU). Writes ``model.safetensors``, ``config.json``
-    then ``metrics.json`` into ``run_dir``, removes the checkpoints and returns the metrics.
+    uninterrupted run (deterministic on CPU); a changed setting is refused naming it. Steps run
+    on :func:`priormim.training.loop.run_epoch` (non-finite guard, autocast with ``cfg.amp``);
+    per-epoch records go to ``run_dir/log.jsonl`` + ``run_dir/tb`` with a tqdm bar. Writes
+    ``model.safetensors``, ``config.json`` then ``metrics.json`` into ``run_dir``, removes the
+    checkpoints and returns the metrics.
     """
-    from priormim.training.checkpoint import latest_valid_checkpoint, rng_state, save_checkpoint, set_rng_state
+    from priormim.training.checkpoint import rng_state, set_rng_state, truncate_log
 
     device = device if device is not None else resolve_device(cfg.device)
     gen = _seed_everything(seed)
@@ -121,15 +138,16 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
     best_dice, best_epoch, best_state, curve = -1.0, 0, None, []
     step, t0, start_epoch, elapsed = 0, time.time(), 1, 0.0
     fingerprint = _resume_fingerprint(cfg, seed)
+    updater = GradientUpdater(optimizer=optimizer, params=model.parameters,
+                              after_update=[lambda n: scheduler.step_update(num_updates=n)])
+    ckpt = None
     if resume:
-        found = latest_valid_checkpoint(run_dir)  # last.ckpt, else previous.ckpt
-        if found is None:
+        # last.ckpt, else previous.ckpt; a changed setting is a one-line error naming it.
+        ckpt = resume_checkpoint(run_dir, fingerprint, what=f"--resume (seed {seed})", key="fingerprint")
+        if ckpt is None:
             log.info("seed %d: no checkpoint in %s, starting from scratch", seed, run_dir)
         else:
-            path, ckpt = found
-            if ckpt.get("fingerprint") != fingerprint:
-                raise UserError("checkpoint was made with other settings (epochs, lr, model, data ...); "
-                                "use the same options, or a new --out, or drop --resume", path)
+            path = ckpt["path"]
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -141,55 +159,59 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
             set_rng_state(ckpt["rng"])
             log.info("seed %d: resumed from %s after epoch %d", seed, path, start_epoch - 1)
     t0 -= elapsed
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        order = torch.randperm(n_draws, generator=gen) % len(data.train)
-        losses = []
-        for i in range(steps_per_epoch):
-            idx = order[i * bs : (i + 1) * bs]
-            x, y = train_x[idx], train_y[idx]
-            if cfg.augment:
-                x, y = paired_augment(x, y, generator=gen, cfg=aug_cfg, out_size=cfg.train_crop)
-            x = ((x - norm.mean) / norm.std).to(device)
-            y = y.to(device)
-            with _autocast(device):
-                logits = model(x)
-            loss = bce_dice_loss(logits.float(), y)
-            if cfg.cldice_weight > 0:
-                loss = loss + cfg.cldice_weight * soft_cldice_loss(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            scheduler.step_update(num_updates=step)
-            losses.append(float(loss.detach()))
-        # Validation can cost as much as an epoch of training (windowed ViTs): every val_every epochs.
-        validate = epoch % cfg.val_every == 0 or epoch == cfg.epochs
-        dice = val_dice(model, data.val, post=val_post, outside=val_outside, **eval_kw) if validate else None
-        lr = max(g["lr"] for g in optimizer.param_groups)
-        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": dice, "lr": lr})
-        if dice is not None and dice > best_dice:  # strict: ties keep the earlier epoch
-            best_dice, best_epoch = dice, epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        log.info("seed %d epoch %d/%d  loss %.4f  val DSC %s  (best %.4f @%d)  lr %.2e  %.0fs",
-                 seed, epoch, cfg.epochs, curve[-1]["train_loss"], "-" if dice is None else f"{dice:.4f}",
-                 best_dice, best_epoch, lr, time.time() - t0)
-        if epoch < cfg.epochs:
-            last = run_dir / "last.ckpt"
-            if last.is_file():
-                os.replace(last, run_dir / "previous.ckpt")  # a damaged new one falls back to it
-            save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "step": step, "best_dice": best_dice, "best_epoch": best_epoch, "best_state": best_state,
-                "curve": curve, "generator": gen.get_state(), "rng": rng_state(), "fingerprint": fingerprint,
-                "train_time_s": time.time() - t0,
-            }, last)
+    updater.updates = step
+    run_dir.mkdir(parents=True, exist_ok=True)
+    truncate_log(run_dir / "log.jsonl", start_epoch - 1 if ckpt is not None else None)
+    run_log = RunLogger(run_dir, True, purge_step=start_epoch if ckpt is not None else None)
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            model.train()
+            order = torch.randperm(n_draws, generator=gen) % len(data.train)
+            losses: list[float] = []
+
+            def train_step(i: int, idx: torch.Tensor) -> tuple[torch.Tensor, None]:
+                x, y = train_x[idx], train_y[idx]
+                if cfg.augment:
+                    x, y = paired_augment(x, y, generator=gen, cfg=aug_cfg, out_size=cfg.train_crop)
+                x = ((x - norm.mean) / norm.std).to(device)
+                y = y.to(device)
+                with autocast_context(device, cfg.amp):
+                    logits = model(x)
+                loss = bce_dice_loss(logits.float(), y)
+                if cfg.cldice_weight > 0:
+                    loss = loss + cfg.cldice_weight * soft_cldice_loss(logits.float(), y)
+                return loss, None
+
+            run_epoch((order[i * bs : (i + 1) * bs] for i in range(steps_per_epoch)), steps=steps_per_epoch, step=train_step,
+                      updater=updater, hint="lower --lr", where=lambda i: f"seed {seed}, epoch {epoch}, step {i}",
+                      record=lambda i, loss, _p, _lr: losses.append(float(loss.detach())),
+                      bar=progress_bar(steps_per_epoch, f"seed {seed} epoch {epoch}/{cfg.epochs}", enabled=cfg.progress))
+            # Validation can cost as much as an epoch of training (windowed ViTs): every val_every epochs.
+            validate = epoch % cfg.val_every == 0 or epoch == cfg.epochs
+            dice = val_dice(model, data.val, post=val_post, outside=val_outside, **eval_kw) if validate else None
+            lr = max(g["lr"] for g in optimizer.param_groups)
+            curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": dice, "lr": lr})
+            if dice is not None and dice > best_dice:  # strict: ties keep the earlier epoch
+                best_dice, best_epoch = dice, epoch
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            run_log.log(curve[-1], step=epoch, prefix="finetune")
+            log.info("seed %d epoch %d/%d  loss %.4f  val DSC %s  (best %.4f @%d)  lr %.2e  %.0fs",
+                     seed, epoch, cfg.epochs, curve[-1]["train_loss"], "-" if dice is None else f"{dice:.4f}",
+                     best_dice, best_epoch, lr, time.time() - t0)
+            if epoch < cfg.epochs:  # last.ckpt, the one before kept as previous.ckpt
+                save_last_checkpoint({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "epoch": epoch, "step": updater.updates, "best_dice": best_dice, "best_epoch": best_epoch,
+                    "best_state": best_state, "curve": curve, "generator": gen.get_state(), "rng": rng_state(),
+                    "fingerprint": fingerprint, "train_time_s": time.time() - t0,
+                }, run_dir)
+    finally:
+        run_log.close()
 
     model.load_state_dict(best_state)
     metrics = finish_seed(cfg, seed, data, run_dir, model, model_config, norm=norm, device=device, best_epoch=best_epoch,
                           best_dice=best_dice, curve=curve, train_time_s=round(time.time() - t0, 1))
-    for name in ("last.ckpt", "previous.ckpt"):  # finished: metrics.json marks the seed done
-        (run_dir / name).unlink(missing_ok=True)
+    remove_checkpoints(run_dir)  # finished: metrics.json marks the seed done
     return metrics
 
 
@@ -256,7 +278,7 @@ def _changed_settings(trained: dict[str, Any], cfg: SegFinetuneConfig) -> list[s
     def comparable(d: dict[str, Any]) -> dict[str, Any]:
         # Paths compare resolved (a relative and an absolute spelling are the same folder).
         return {k: str(Path(v).resolve()) if k in ("train", "test", "val", "data", "encoder") and v else v for k, v in d.items()
-                if k not in ("out", "device", "label", "seeds")}
+                if k not in (*RUN_ONLY_KEYS, "seeds")}
 
     a, b = comparable(trained), comparable(cfg.to_dict())
     return sorted(k for k in a if json.dumps(a[k]) != json.dumps(b.get(k)))
