@@ -29,7 +29,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 LAYERS: dict[str, int] = {
     # 0: foundations (config is plain typed data; outputs: output-folder claims)
     "errors": 0, "io": 0, "io_dicom": 0, "io_dicom_imagecodecs": 0, "io_manifest": 0, "config": 0,
-    "config_validate": 0, "outputs": 0,
+    "config_validate": 0, "devices": 0, "outputs": 0,
     # 1: priors, masking strategies, losses, metrics (one layer: they may import each other)
     "priors": 1, "masking": 1, "losses": 1, "metrics": 1,
     # 2: networks, and the pretraining methods built on them (network + loss)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from priormim.devices import resolve_device
 from priormim.errors import UserError
 from priormim.io import list_images, read_gray, read_mask, write_png
 from priormim.priors.cache_state import (  # noqa: F401 - MANIFEST_NAME, merge_vessel_shards, read_manifest re-exported
@@ -136,14 +137,6 @@ def _normalise_params(
     }
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
-    return dev
 
 
 _FLUSH_SECONDS = 10.0  # rewrite the state file at most this often (and at the end)
@@ -209,7 +202,7 @@ def compute_vessel_priors(
     if int(batch_size) != batch_size or batch_size < 1:
         raise UserError(f"batch size must be a whole number >= 1, got {batch_size}")
     params = _normalise_params(preset, percentile, border, keep, sigmas, black_ridges, collimator)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a folder; pick another --out", out)
     try:

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 
 from priormim.data.seeds import AUGMENT_STREAM, MASK_STREAM, sample_seed  # re-exported: used from here too
+from priormim.devices import resolve_device  # noqa: F401 - re-exported (CLI, fine-tuning, tests)
 
 T = TypeVar("T")
 
@@ -229,23 +230,6 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's GPU if there is one, else CPU; UserError for a bad name."""
-    from priormim.errors import UserError
-
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} asked for but no CUDA GPU is available; use --device cpu or auto")
-    return dev
 
 
 # -- reproducible sharding and per-sample randomness ---------------------------------------------
