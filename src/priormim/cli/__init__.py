@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from priormim.errors import UserError
+# Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise). Set before
+# torch is imported, which every command does lazily. On a shared 2-core machine (load 6) a
+# UNeXt-S epoch took 61.8 s wall with spinning threads and 5.3 s with passive ones
+# (benchmarks/README.md, "CPU threads on a busy machine").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from priormim.errors import UserError  # noqa: E402
 
 # Modules under priormim.cli that each register one or more sub-commands.
 COMMAND_MODULES = (
