@@ -3,8 +3,9 @@
 The protocol, the same for every method so that comparisons are fair:
 
 * images of any size are resized (bilinear, antialiased) to ``img_size x img_size`` for the
-  model, masks with nearest neighbour; logits are mapped back to each image's original size
-  (bilinear) and thresholded before scoring, so metrics are at the original resolution;
+  model, masks with nearest neighbour (or, with ``native``, not resized at all); logits are
+  mapped back to each image's original size (bilinear) and thresholded before scoring, so
+  metrics are at the original resolution;
 * post-processing (:class:`PostProcess`, stored in ``config.json``): predictions outside the
   X-ray field of view (flat collimator regions touching the frame, as
   :func:`priormim.priors.vessel.collimator_mask` finds them, the same exclusion the
@@ -26,6 +27,10 @@ The protocol, the same for every method so that comparisons are fair:
 
 Everything is plain functions usable without the CLI: :func:`finetune_segmentation`,
 :func:`run_vesselness_baseline`, :func:`load_segmenter`, :func:`predict_masks`, :func:`predict_logits`.
+
+The code lives in :mod:`priormim.training.seg` (one module per concern; the few-label
+``--recipe strong`` preset and its pieces in :mod:`priormim.training.seg.recipe`); this module
+re-exports its names, the historical import path.
 """
 
 from __future__ import annotations

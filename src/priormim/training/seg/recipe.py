@@ -28,7 +28,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {"unet": {}, "vit": {}},
     "strong": {
         # Native 300 px (no resize), random 128-px patches, 4 per image per epoch; flip-TTA,
-        # hysteresis, poly decay. Sized for a 2-core CPU: 390 steps of batch 8 on 26 images (~15 min).
+        # hysteresis, poly decay. Sized for a 2-core CPU: 390 steps of batch 8 on 26 images, 4-5 min per
+        # DCA1 fold with OMP_WAIT_POLICY=PASSIVE (benchmarks/README.md); the best epoch was the last in
+        # every fold there, so more epochs should help where time allows.
         "unet": dict(native=True, train_crop=128, crops_per_image=4, batch_size=8, epochs=30, warmup_epochs=2,
                      unet_base_channels=16, lr=1e-3, schedule="poly", augment_level="strong", tta=True,
                      hysteresis=True, val_every=5),
