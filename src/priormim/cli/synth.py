@@ -12,7 +12,8 @@ import argparse
 import importlib
 
 
-def _int_at_least(minimum: int):
+def int_at_least(minimum: int):
+    """argparse type: an integer >= ``minimum`` (shared by the ``synth`` kinds)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -61,11 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     xca.add_argument("--out", required=True, help="output folder (created; files are overwritten)")
-    xca.add_argument("--n", type=_int_at_least(1), default=64, help="number of images (default 64)")
+    xca.add_argument("--n", type=int_at_least(1), default=64, help="number of images (default 64)")
     xca.add_argument(
-        "--size", type=_int_at_least(32), default=256, help="side length in pixels (default 256)"
+        "--size", type=int_at_least(32), default=256, help="side length in pixels (default 256)"
     )
-    xca.add_argument("--seed", type=_int_at_least(0), default=0, help="random seed (default 0)")
+    xca.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
     xca.add_argument("--rich", action="store_true",
                      help="richer anatomy: overlapping rib shadows, a sharp diaphragm edge, motion blur of the anatomy")
     xca.set_defaults(func=_run_xca)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from priormim.cli.synth import int_at_least
+
 __all__ = ["SYNTAXES", "register_synth", "run_synth_cine"]
 
 _FORMATS = {"dicom": "dcm", "mp4": "mp4", "avi": "avi"}
@@ -33,17 +35,6 @@ def run_synth_cine(args: argparse.Namespace) -> int:
     return 0
 
 
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def register_synth(synth_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,12 +50,12 @@ def register_synth(synth_subparsers: argparse._SubParsersAction) -> argparse.Arg
         ),
     )
     p.add_argument("--out", required=True, help="output folder (created; files are overwritten)")
-    p.add_argument("--n", type=_at_least(1), default=4, help="number of cine runs (default 4)")
+    p.add_argument("--n", type=int_at_least(1), default=4, help="number of cine runs (default 4)")
     p.add_argument("--format", choices=tuple(_FORMATS), default="dicom", help="file format (default dicom)")
     p.add_argument("--syntax", choices=SYNTAXES, default="jpeg-lossless",
                    help="DICOM transfer syntax (default jpeg-lossless: JPEG Lossless SV1, as most XA archives)")
-    p.add_argument("--frames", type=_at_least(8), default=40, help="frames per run (default 40)")
-    p.add_argument("--size", type=_at_least(32), default=256, help="frame side in pixels (default 256)")
-    p.add_argument("--seed", type=_at_least(0), default=0, help="random seed (default 0)")
+    p.add_argument("--frames", type=int_at_least(8), default=40, help="frames per run (default 40)")
+    p.add_argument("--size", type=int_at_least(32), default=256, help="frame side in pixels (default 256)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="random seed (default 0)")
     p.set_defaults(func=run_synth_cine)
     return p
