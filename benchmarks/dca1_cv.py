@@ -14,10 +14,22 @@ preset) is scored on all 40. Per method and seed the 40 per-image scores are wri
 
 Methods (``--methods``): ``sato``, ``unet`` (``--recipe strong`` U-Net), ``unet_default``
 (the historical U-Net recipe: 288 px resize, 128-px windows, 200 epochs), ``vit_scratch``,
-``vit_mae`` / ``vit_vasomim`` (need ``--encoder-mae`` / ``--encoder-vasomim``: exported
-encoders pretrained on images outside the test folds, e.g. synthetic angiograms).
+``vit_mae`` / ``vit_vasomim`` (``--encoder-mae`` / ``--encoder-vasomim``: exported encoders
+pretrained on images outside the test folds; without one the script pretrains its own, see
+below).
+
+Pretraining (``vit_mae`` / ``vit_vasomim`` without an encoder): once per method, on a pool of
+``--pretrain-pool`` synthetic angiograms with the rich anatomy (ribs, diaphragm, motion blur,
+catheters; ``synthesize_angiogram(rich=True)``, 300 px, fixed seeds), so no DCA1 image, test
+or otherwise, is seen before fine-tuning. The ViT is the fine-tuning one (``VIT_KWARGS``) at
+128 px with crops of 15-60 % of the image (the fine-tuning windows are 18 % of a 300-px image
+at native resolution), the methods' own recipes otherwise (VasoMIM: official defaults, its
+UNeXt-S consistency segmentor trained by pretraining on the pool's vessel priors for
+``--segmentor-epochs``); ``--pretrain-epochs`` epochs, batch 64, blr 1.5e-3. Resumable like the rest.
 ``--labels N`` trains on a fixed subset of N of each fold's training images (label-efficiency
-curve; the subset is the first N of the fold's training names shuffled with seed 0).
+curve; the subset is the first N of the fold's training names shuffled with seed 0, so the
+subsets are nested) with the same number of optimisation steps as the full 26 (more random
+windows per image per epoch); validation and test images are the fold's usual ones.
 
 Everything is resumable: finished seeds (``metrics.json``) are skipped, an interrupted seed
 continues from its ``last.ckpt``. Run it again with the same arguments to continue.
@@ -31,6 +43,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -38,7 +51,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from priormim.training.finetune_seg import carve_validation, finetune_segmentation, recipe_config, run_vesselness_baseline
+from priormim.training.finetune_seg import (carve_validation, finetune_segmentation, recipe_config, recipe_overrides,
+                                           run_vesselness_baseline)
 
 HERE = Path(__file__).resolve().parent
 FOLDS = HERE / "dca1_cv_folds.json"
@@ -47,6 +61,7 @@ LABELS = {"unet_ensemble": "U-Net (strong, 3-seed ensemble)", "sato": "Sato vess
           "vit_scratch": "ViT (scratch, strong)", "vit_mae": "ViT (MAE, strong)", "vit_vasomim": "ViT (VasoMIM, strong)"}
 # The ViT of the issue-3 benchmark: 6 blocks of ViT-tiny width, patch 16, built for 128-px windows.
 VIT_KWARGS = {"patch_size": 16, "depth": 6, "embed_dim": 192, "num_heads": 3}
+FULL_TRAIN = 26  # training images per fold (32 - 6 carved for validation)
 
 
 def load_folds() -> list[list[str]]:
@@ -81,8 +96,51 @@ def fold_folder(args: argparse.Namespace, k: int) -> tuple[Path, Path, Path]:
     return root / "train", root / "val", root / "test"
 
 
+def pretrain_encoder(method: str, args: argparse.Namespace) -> Path:
+    """``<out>/pretrain/<method>/encoder.safetensors``, pretrained on the synthetic pool (resumable)."""
+    from priormim.config import load_config
+    from priormim.data.synth_xca import write_synthetic_xca
+    from priormim.training.pretrain import pretrain
+
+    work = args.out / "pretrain"
+    pool = work / f"pool{args.pretrain_pool}"
+    if not (pool / "done").is_file():
+        write_synthetic_xca(pool, n=args.pretrain_pool, size=300, seed=15, rich=True)
+        (pool / "done").write_text("ok\n")
+    images = pool / "images" if (pool / "images").is_dir() else pool
+    run = work / f"{method}_e{args.pretrain_epochs}"
+    encoder = run / "encoder.safetensors"
+    if encoder.is_file():
+        return encoder
+    o = ["model.img_size=128", "model.encoder=vit_tiny_patch16_224", f"model.encoder_kwargs={{depth: {VIT_KWARGS['depth']}}}",
+         f"optim.epochs={args.pretrain_epochs}", f"optim.warmup_epochs={max(1, args.pretrain_epochs // 20)}", "optim.batch_size=64",
+         "optim.blr=1.5e-3", "data.crop_scale=[0.15, 0.6]", "data.num_workers=0", "train.progress=false", "train.seed=0",
+         f"data.images={images}", f"data.priors={work / 'priors'}", "train.save_every=100000"]
+    if method == "vasomim":
+        o.append(f"consistency.segmentor_epochs={args.segmentor_epochs}")
+    t = time.perf_counter()
+    print(f"[cv] pretraining {method} on {args.pretrain_pool} synthetic angiograms, {args.pretrain_epochs} epochs", file=sys.stderr, flush=True)
+    pretrain(load_config(method, o), run, resume=(run / "last.ckpt").is_file())
+    record_time(args, "pretrain", run.name, time.perf_counter() - t)
+    return encoder
+
+
+def record_time(args: argparse.Namespace, group: str, key: str, seconds: float) -> None:
+    """Add one wall time to ``<out>/timing.json`` (read, update, write: stages record in turn)."""
+    path = args.out / "timing.json"
+    timing = json.loads(path.read_text()) if path.exists() else {}
+    timing.setdefault(group, {})[key] = round(seconds, 1)
+    path.write_text(json.dumps(timing, indent=1))
+
+
 def method_config(method: str, args: argparse.Namespace, train: Path, val: Path, test: Path, out: Path):
     common = dict(out=out, train=train, val=val, test=test, seeds=tuple(args.seeds))
+    if args.labels:
+        # Same optimisation budget at every label count: more random windows per image per
+        # epoch, so an epoch is as many steps as with all 26 training images.
+        model = "unet" if method.startswith("unet") else "vit"
+        per_image = recipe_overrides("strong", model).get("crops_per_image", 4)
+        common["crops_per_image"] = per_image * math.ceil(FULL_TRAIN / args.labels)
     if method == "unet":
         return recipe_config("strong", model="unet", label=LABELS[method], epochs=args.unet_epochs, **common)
     if method == "unet_default":
@@ -90,20 +148,17 @@ def method_config(method: str, args: argparse.Namespace, train: Path, val: Path,
                              unet_base_channels=16, **common)
     encoder = {"vit_scratch": None, "vit_mae": args.encoder_mae, "vit_vasomim": args.encoder_vasomim}[method]
     if method != "vit_scratch" and encoder is None:
-        raise SystemExit(f"{method} needs --encoder-{method.split('_')[1]} PATH (an exported encoder)")
+        encoder = pretrain_encoder(method.split("_")[1], args)
     return recipe_config("strong", model="vit", label=LABELS[method], encoder=encoder, epochs=args.vit_epochs,
                          model_kwargs=dict(VIT_KWARGS) if encoder is None else {}, **common)
 
 
 def run_method(method: str, args: argparse.Namespace) -> None:
-    timing_path = args.out / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     if method == "sato":
         if not (args.out / "sato" / "metrics.json").exists():
             t = time.perf_counter()
             run_vesselness_baseline(args.data, args.out / "sato", "sato", keep="all")
-            timing["sato"] = {"all": round(time.perf_counter() - t, 1)}
-        timing_path.write_text(json.dumps(timing, indent=1))
+            record_time(args, "sato", "all", time.perf_counter() - t)
         return
     for k in args.folds:
         train, val, test = fold_folder(args, k)
@@ -111,8 +166,7 @@ def run_method(method: str, args: argparse.Namespace) -> None:
         t = time.perf_counter()
         res = finetune_segmentation(method_config(method, args, train, val, test, out), resume=True)
         if len(res.skipped_seeds) < len(args.seeds):  # something trained in this call
-            timing.setdefault(method_dir(method, args), {})[f"fold{k}"] = round(time.perf_counter() - t, 1)
-            timing_path.write_text(json.dumps(timing, indent=1))
+            record_time(args, method_dir(method, args), f"fold{k}", time.perf_counter() - t)
         print(f"[cv] {method} fold {k}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
 
 
@@ -228,6 +282,9 @@ def main() -> None:
     ap.add_argument("--vit-epochs", type=int, default=None)
     ap.add_argument("--encoder-mae", type=Path)
     ap.add_argument("--encoder-vasomim", type=Path)
+    ap.add_argument("--pretrain-pool", type=int, default=256, help="synthetic angiograms to pretrain vit_mae / vit_vasomim on")
+    ap.add_argument("--pretrain-epochs", type=int, default=100)
+    ap.add_argument("--segmentor-epochs", type=int, default=10, help="VasoMIM's consistency segmentor (official: 200)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ensemble", action="store_true", help="also score each fold's seed ensemble (mean probability)")
     ap.add_argument("--table-only", action="store_true")

@@ -50,3 +50,42 @@ def test_bootstrap_and_table_on_fake_runs(tmp_path):
     assert "| U-Net (strong recipe) | 16 | 1 | 0.750 ± 0.000" in text
     assert "| 16 | +0.150 [+0.150, +0.150]" in text
     assert (tmp_path / "per_image.csv").read_text().count("\nunet,0,") == 16
+
+
+def test_label_subsets_keep_the_step_budget(tmp_path):
+    cv = load_cv()
+    base = dict(out=tmp_path, seeds=[0], unet_epochs=None, vit_epochs=None, encoder_mae=None, encoder_vasomim=None)
+    crops = {}
+    for n in (None, 2, 4, 8, 16):
+        args = type("A", (), {**base, "labels": n})()
+        cfg = cv.method_config("unet", args, tmp_path, tmp_path, tmp_path, tmp_path / "o")
+        crops[n] = cfg.crops_per_image
+    # 4 windows per image with all 26; with n images ceil(26 / n) times as many, so n * crops >= 26 * 4.
+    assert crops == {None: 4, 2: 52, 4: 28, 8: 16, 16: 8}
+    assert all(n * c >= 26 * 4 for n, c in crops.items() if n)
+
+
+def test_label_curve_table_and_figure_on_fake_runs(tmp_path):
+    load_cv()
+    spec = importlib.util.spec_from_file_location("dca1_label_curve", ROOT / "benchmarks" / "dca1_label_curve.py")
+    lc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lc)
+    folds = load_cv().load_folds()
+
+    def write(method: str, n: int, seed: int, k: int, dice: float) -> None:
+        d = tmp_path / lc.method_dir(method, n) / f"fold{k}" / f"seed{seed}"
+        d.mkdir(parents=True, exist_ok=True)
+        rows = [{"name": Path(x).stem, "dice": dice} for x in folds[k]]
+        (d / "metrics.json").write_text(json.dumps({"test": {"per_image": rows}}))
+
+    for k in (0, 1):
+        for seed, dice in ((0, 0.5), (1, 0.6)):
+            write("vit_scratch", 4, seed, k, dice)
+            write("vit_mae", 4, seed, k, dice + 0.1)
+    write("vit_mae", 26, 0, 0, 0.8)  # fold 1 missing: not counted
+    args = type("A", (), {"out": tmp_path, "results": tmp_path / "res", "methods": ["vit_scratch", "vit_mae"],
+                          "sizes": [4, 26], "folds": [0, 1]})()
+    text = lc.table(args)
+    assert "| 4 | 0.550 ± 0.071 (2 seeds) | 0.650 ± 0.071 (2 seeds) | +0.100 [+0.100, +0.100] |" in text
+    assert "| 26 | - | - | - |" in text
+    assert (tmp_path / "res" / "label_curve.png").stat().st_size > 1000

@@ -1,0 +1,151 @@
+"""Label-efficiency curve on DCA1 (issue 15): Dice against the number of labelled training images.
+
+    python benchmarks/dca1_label_curve.py --out /tmp/dca1cv2 --data ../shared/data/xca_dca1 \
+        --results benchmarks/results/dca1-labels [--sizes 2 4 8 16 26] [--seeds 0 1 2] [--folds 0 1 2 3 4]
+
+For every size N, method and seed it runs ``dca1_cv.py --labels N`` (fixed nested subsets of each
+fold's 26 training images, the same number of optimisation steps at every N, the fold's own 6
+validation and 8 test images; see ``dca1_cv.py``), skipping whatever is already finished, so the
+same command resumes. The full-data point (N = 26) is the plain cross-validation run in the same
+``--out`` folder. ``vit_mae`` / ``vit_vasomim`` use the encoders ``dca1_cv.py`` pretrained on the
+synthetic pool in ``--out``; the pretraining budget is read from there and written under the table.
+
+Writes ``<results>/label_curve.md`` (mean DSC over the scored test images and seeds, ± std over
+seeds, and each pretrained ViT minus ViT scratch with a 95 % bootstrap CI over images) and
+``<results>/label_curve.png``. ``--table-only`` rebuilds both from what is on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from dca1_cv import FULL_TRAIN, LABELS, bootstrap_ci  # noqa: E402
+
+METHODS = ("vit_scratch", "vit_mae", "vit_vasomim")
+
+
+def method_dir(method: str, n: int) -> str:
+    return method if n == FULL_TRAIN else f"{method}_n{n}"
+
+
+def scores(out: Path, method: str, n: int, folds: list[int]) -> dict[int, dict[str, float]]:
+    """``{seed: {image: DSC}}`` over the requested folds, for the seeds that finished every one of them."""
+    res: dict[int, dict[str, float]] = {}
+    done: dict[int, set[int]] = {}
+    for k in folds:
+        for m in sorted((out / method_dir(method, n) / f"fold{k}").glob("seed*/metrics.json")):
+            seed = int(m.parent.name[4:])
+            done.setdefault(seed, set()).add(k)
+            for r in json.loads(m.read_text())["test"]["per_image"]:
+                res.setdefault(seed, {})[r["name"]] = float(r["dice"])
+    return {s: v for s, v in res.items() if done.get(s) == set(folds)}
+
+
+def run(args: argparse.Namespace) -> None:
+    for n in args.sizes:
+        for seed in args.seeds:
+            for method in args.methods:
+                cmd = [sys.executable, str(HERE / "dca1_cv.py"), "--out", str(args.out), "--data", str(args.data),
+                       "--methods", method, "--seeds", str(seed), "--folds", *map(str, args.folds),
+                       "--threads", str(args.threads)]
+                if n != FULL_TRAIN:
+                    cmd += ["--labels", str(n)]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+
+def table(args: argparse.Namespace) -> str:
+    rows = ["| labelled images | " + " | ".join(LABELS[m] for m in args.methods) + " | "
+            + " | ".join(f"{LABELS[m]} − scratch [95 % CI]" for m in args.methods if m != "vit_scratch") + " |",
+            "|---" * (1 + 2 * len(args.methods) - 1) + "|"]
+    curve: dict[str, list[tuple[int, float, float]]] = {m: [] for m in args.methods}
+    for n in args.sizes:
+        by_method = {m: scores(args.out, m, n, args.folds) for m in args.methods}
+        cells, per_image = [], {}
+        for m in args.methods:
+            s = by_method[m]
+            if not s:
+                cells.append("-")
+                continue
+            images = sorted(set.intersection(*(set(v) for v in s.values())))
+            per_image[m] = {i: np.mean([s[seed][i] for seed in s]) for i in images}
+            seed_means = [np.mean([s[seed][i] for i in images]) for seed in s]
+            spread = np.std(seed_means, ddof=1) if len(seed_means) > 1 else float("nan")
+            curve[m].append((n, float(np.mean(seed_means)), float(spread)))
+            cells.append(f"{np.mean(seed_means):.3f} ± {spread:.3f} ({len(s)} seeds)" if len(s) > 1 else f"{np.mean(seed_means):.3f} (1 seed)")
+        for m in args.methods:
+            if m == "vit_scratch":
+                continue
+            if m in per_image and "vit_scratch" in per_image:
+                shared = sorted(set(per_image[m]) & set(per_image["vit_scratch"]))
+                d = np.array([per_image[m][i] - per_image["vit_scratch"][i] for i in shared])
+                lo, hi = bootstrap_ci(d)
+                cells.append(f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            else:
+                cells.append("-")
+        rows.append(f"| {n} | " + " | ".join(cells) + " |")
+    timing = json.loads((args.out / "timing.json").read_text()) if (args.out / "timing.json").is_file() else {}
+    pre = timing.get("pretrain", {})
+    rows += ["", f"Test images: the {8 * len(args.folds)} images of folds {args.folds}; DSC averaged over images, ± std over seeds.",
+             "Pretraining budget (dca1_cv.py defaults unless stated): "
+             + (", ".join(f"{k}: {v / 60:.0f} min" for k, v in pre.items()) if pre else "not recorded") + "."]
+    text = "\n".join(rows) + "\n"
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "label_curve.md").write_text(text)
+    figure(curve, args)
+    return text
+
+
+def figure(curve: dict[str, list[tuple[int, float, float]]], args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for m, pts in curve.items():
+        if pts:
+            n, mean, sd = map(np.array, zip(*pts))
+            ax.errorbar(n, mean, yerr=np.nan_to_num(sd), marker="o", capsize=3, label=LABELS[m])
+    sato = args.out / "sato" / "metrics.json"
+    if sato.is_file():
+        ax.axhline(json.loads(sato.read_text())["test"]["summary"]["dice"]["mean"], color="grey", ls="--", label="Sato (no labels)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(args.sizes, [str(n) for n in args.sizes])
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("test DSC (DCA1, 5-fold CV)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.results / "label_curve.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/xca_dca1"))
+    ap.add_argument("--results", type=Path, default=HERE / "results" / "dca1-labels")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(LABELS))
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16, FULL_TRAIN])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    if any(not 1 <= n <= FULL_TRAIN for n in args.sizes):
+        ap.error(f"--sizes must be between 1 and {FULL_TRAIN} (each fold has {FULL_TRAIN} training images)")
+    if not args.table_only:
+        run(args)
+    print(table(args))
+
+
+if __name__ == "__main__":
+    main()
