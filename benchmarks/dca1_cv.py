@@ -270,6 +270,34 @@ def table(args: argparse.Namespace) -> str:
     return text
 
 
+def prediction_figure(args: argparse.Namespace, *, per_fold: int = 1) -> Path | None:
+    """``<out>/cv_predictions.png``: the first ``per_fold`` test angiogram(s) of every fold, ground
+    truth, Sato and each finished method's seed-0 model of that fold, coloured by outcome, DSC
+    under each panel (DCA1 is BSD-3-Clause, so the images may be shown)."""
+    from priormim.benchmark.figures import predictions_figure
+    from priormim.data.readers import read_segmentation_folder
+    from priormim.evaluation.metrics import dice_score
+    from priormim.training.finetune_seg import baseline_mask, load_samples, load_segmenter, predict_masks
+
+    methods = [m for m in LABELS if m != "sato" and (args.out / m / "fold0" / "seed0" / "model.safetensors").is_file()]
+    rows = []
+    for k in args.folds:
+        _, _, test = fold_folder(args, k)
+        for smp in load_samples(read_segmentation_folder(test, check_binary=False))[:per_fold]:
+            row = {"image": smp.image, "mask": smp.mask, "preds": {"vesselness": baseline_mask(smp.image, keep="all")}, "dice": {}}
+            for m in methods:
+                run = args.out / m / f"fold{k}" / "seed0"
+                if (run / "model.safetensors").is_file():
+                    model, mc = load_segmenter(run)
+                    row["preds"][m] = predict_masks(model, [smp.image], mc)[0]
+            row["dice"] = {m: float(dice_score(p, smp.mask)[0]) for m, p in row["preds"].items()}
+            rows.append(row)
+    if not rows:
+        return None
+    return predictions_figure(rows, ["vesselness", *methods], args.out / "cv_predictions.png",
+                              title="DCA1, one test angiogram per fold (seed 0): white hit, red false positive, blue missed")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -288,6 +316,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ensemble", action="store_true", help="also score each fold's seed ensemble (mean probability)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--figure", action="store_true", help="also draw <out>/cv_predictions.png (one test image per fold)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -297,6 +326,8 @@ def main() -> None:
             run_method(method, args)
             if args.ensemble and method != "sato":
                 run_ensemble(method, args)
+    if args.figure:
+        print(f"[cv] wrote {prediction_figure(args)}", file=sys.stderr)
     print(table(args))
 
 
