@@ -183,3 +183,49 @@ def test_cli_synth_cxr_then_prior_gaze_end_to_end(tmp_path):
     for p in sorted((d / "images").iterdir()):
         heat = load_gaze_prior(out, p)
         assert heat.shape == (64, 64) and heat.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("lesion", LESION_TYPES)
+def test_lesion_match_keeps_draws_and_normal_images(lesion):
+    base = synthesize_cxr(size=64, seed=(8, 2), lesion=lesion, lesion_gain=3.0)
+    for match in ("histogram", "local"):
+        m = synthesize_cxr(size=64, seed=(8, 2), lesion=lesion, lesion_gain=3.0, lesion_match=match)
+        assert np.array_equal(m.lesion_mask, base.lesion_mask) and m.label == 1
+        for fa, fb in zip(m.fixations, base.fixations, strict=True):
+            assert np.array_equal(fa.x, fb.x) and np.array_equal(fa.duration, fb.duration)
+        assert not np.array_equal(m.image, base.image)
+        normal = synthesize_cxr(size=64, seed=(8, 2), lesion=None, lesion_match=match)
+        assert np.array_equal(normal.image, synthesize_cxr(size=64, seed=(8, 2), lesion=None).image)
+    with pytest.raises(UserError, match="lesion_match"):
+        synthesize_cxr(size=64, seed=0, lesion=lesion, lesion_match="global")
+
+
+@pytest.mark.parametrize("lesion", LESION_TYPES)
+def test_histogram_match_keeps_the_lesion_free_histogram(lesion):
+    # lesion_gain=0 renders the same anatomy and imaging chain with a zero-contrast lesion: the
+    # lesion-free reference, reached through another code path.
+    free = synthesize_cxr(size=64, seed=(8, 3), lesion=lesion, lesion_gain=0.0).image
+    plain = synthesize_cxr(size=64, seed=(8, 3), lesion=lesion, lesion_gain=3.0).image
+    matched = synthesize_cxr(size=64, seed=(8, 3), lesion=lesion, lesion_gain=3.0, lesion_match="histogram").image
+    assert np.array_equal(np.sort(matched.ravel()), np.sort(free.ravel()))
+    assert plain.astype(float).sum() > free.astype(float).sum()  # the plain lesion brightens the image
+
+
+@pytest.mark.parametrize("lesion", LESION_TYPES)
+def test_local_match_keeps_the_regional_mean_but_not_the_lesion_texture(lesion):
+    from scipy.ndimage import binary_dilation
+
+    from priormim.data.synth_cxr_anatomy import LOCAL_MATCH_SCALE
+
+    size, seed = 96, (8, 4)
+    free = synthesize_cxr(size=size, seed=seed, lesion=lesion, lesion_gain=0.0).image.astype(float)
+    plain = synthesize_cxr(size=size, seed=seed, lesion=lesion, lesion_gain=3.0)
+    local = synthesize_cxr(size=size, seed=seed, lesion=lesion, lesion_gain=3.0, lesion_match="local").image
+    d_plain, d_local = plain.image - free, local - free
+    # The lesion's region, widened by twice the kept scale: the plain lesion brightens it, the
+    # matched one nearly not (what is left: clipping, uint8 rounding, the blur's tails).
+    region = binary_dilation(plain.lesion_mask, iterations=round(2 * LOCAL_MATCH_SCALE * size))
+    assert d_plain[region].mean() > 4
+    assert abs(d_local[region].mean()) < 0.2 * d_plain[region].mean()
+    assert abs(d_local.mean()) < 0.01  # the whole image's mean does not move (grey levels)
+    assert np.abs(d_local)[plain.lesion_mask].mean() > 2  # but the lesion's edges / texture are there

@@ -35,13 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from priormim.data.synth_cxr_anatomy import render_cxr
-from priormim.data.synth_cxr_gaze import scan_path
+from priormim.data.synth_cxr_anatomy import LESION_MATCHES, render_cxr
+from priormim.data.synth_cxr_gaze import READINGS_PER_IMAGE, scan_path
 from priormim.errors import UserError
 from priormim.io import atomic_write_bytes, write_png
 from priormim.priors.gaze import REFLACX_FIXATION_COLUMNS, Fixations
 
 __all__ = [
+    "LESION_MATCHES",
     "LESION_TYPES",
     "ORIGINAL_SIZE",
     "SyntheticCXR",
@@ -128,6 +129,7 @@ def synthesize_cxr(
     n_readers: int | None = None,
     lesion_gain: float = 1.0,
     lesion_size: float = 1.0,
+    lesion_match: str = "none",
 ) -> SyntheticCXR:
     """One synthetic chest X-ray with its lesion mask and simulated gaze.
 
@@ -136,22 +138,38 @@ def synthesize_cxr(
             ``(seed, index)``); the output is a pure function of ``(size, seed, lesion,
             n_readers)``.
         lesion: ``None`` / ``"none"`` (normal) or one of :data:`LESION_TYPES`.
-        n_readers: simulated readers (default: 1 or 2, drawn from the seed).
+        n_readers: simulated readers (default: 1 or 2, drawn from the seed; 2 with probability
+            0.159, so that the mean is REFLACX's 3,032 readings / 2,616 images).
         lesion_gain, lesion_size: multiply every lesion's contrast and the radius of nodules and
             opacities (1 = the default, subtle-to-obvious, range; > 1 makes the task easier at a small
             image size, see ``benchmarks/cxr_gaze_bench.py``). The random draws do not change.
+        lesion_match: ``"none"`` (default), ``"histogram"`` or ``"local"``. Both compare an
+            abnormal image with the render of the same anatomy without its lesion (same imaging
+            chain and noise). ``"histogram"``: the image takes that render's histogram, so no
+            global intensity statistic tells lesion from none. ``"local"``: the lesion's
+            difference to that render is high-passed (minus its Gaussian blur of 1/24 of the
+            side), so the lesion keeps its edges and texture but no longer brightens its region;
+            only a local reading finds it, which a random encoder's mean-pooled features do
+            not (``benchmarks/cxr_gaze_bench.py``). Normal images and the random draws are the
+            same as with ``"none"``.
     Returns:
         :class:`SyntheticCXR`; fixations are in pixels of an ``ORIGINAL_SIZE`` square original.
     """
     lesion = "none" if lesion is None else str(lesion).lower()
     if lesion not in ("none", *LESION_TYPES):
         raise UserError(f"unknown lesion type {lesion!r}; use none, {', '.join(LESION_TYPES)}")
+    if lesion_match not in LESION_MATCHES:
+        raise UserError(f"unknown lesion_match {lesion_match!r}; use {', '.join(LESION_MATCHES)}")
     if size < 32:
         raise UserError(f"synthetic chest X-ray size must be at least 32 px, got {size}")
     rng = np.random.default_rng(list(seed) if isinstance(seed, Sequence) else seed)
-    img, mask, an, _, center = render_cxr(rng, size, lesion, gain=float(lesion_gain), grow=float(lesion_size))
+    img, mask, an, _, center = render_cxr(
+        rng, size, lesion, gain=float(lesion_gain), grow=float(lesion_size), match=lesion_match
+    )
     orig = max(ORIGINAL_SIZE, size)
-    n_readers = int(rng.integers(1, 3)) if n_readers is None else int(n_readers)
+    if n_readers is None:  # 1 or 2, with REFLACX's mean readings per image (synth_cxr_gaze.GAZE_STATS)
+        n_readers = 1 + int(rng.random() < READINGS_PER_IMAGE - 1.0)
+    n_readers = int(n_readers)
     fixations, extras = [], []
     for r in range(n_readers):
         fix, extra = scan_path(rng, an, lesion, center, orig=orig, reading_id=f"reader{r + 1}")
@@ -238,7 +256,7 @@ def write_reflacx_gaze(gaze_root: str | Path, items: Sequence[tuple[str, Synthet
 
 def write_synthetic_cxr(
     out: str | Path, *, n: int, size: int = 128, seed: int = 0, lesion_rate: float = 0.5,
-    lesion_gain: float = 1.0, lesion_size: float = 1.0,
+    lesion_gain: float = 1.0, lesion_size: float = 1.0, lesion_match: str = "none",
 ) -> list[Path]:
     """Write ``n`` synthetic chest X-rays, ``labels.csv`` and REFLACX-format gaze to ``out``.
 
@@ -262,7 +280,8 @@ def write_synthetic_cxr(
         pick = np.random.default_rng([seed, i, 7])
         lesion = LESION_TYPES[int(pick.integers(3))] if pick.random() < lesion_rate else "none"
         name = f"cxr_{i:05d}"
-        s = synthesize_cxr(size=size, seed=(seed, i), lesion=lesion, lesion_gain=lesion_gain, lesion_size=lesion_size)
+        s = synthesize_cxr(size=size, seed=(seed, i), lesion=lesion, lesion_gain=lesion_gain, lesion_size=lesion_size,
+                           lesion_match=lesion_match)
         path = img_dir / f"{name}.png"
         write_png(path, s.image)
         paths.append(path)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-__all__ = ["Anatomy", "render_cxr"]
+__all__ = ["LESION_MATCHES", "Anatomy", "render_cxr"]
 
 
 def _sig(x: np.ndarray, edge: float) -> np.ndarray:
@@ -156,11 +156,54 @@ def _pick_in_lung(rng: np.random.Generator, an: Anatomy, side: int) -> tuple[flo
     return float(gu.flat[i] + jitter[0]), float(gv.flat[i] + jitter[1])
 
 
+LESION_MATCHES = ("none", "histogram", "local")
+# "local": Gaussian sigma (fraction of the image side) of the local mean the lesion may not change:
+# 4 px at 96 px, half a ViT patch of 8 px (1/16 left the random-encoder probe at 0.57-0.62 AUC,
+# 1/32 took the supervised CNN below 0.93; benchmarks/cxr_gaze_bench.py)
+LOCAL_MATCH_SCALE = 1.0 / 24
+
+
+def _match_histogram(img: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``img`` with its grey values replaced rank for rank by those of ``ref`` (same shape).
+
+    The result has exactly ``ref``'s histogram (so every global intensity statistic of
+    ``ref``) and ``img``'s order of pixels: a monotone remap, so local structure survives.
+    """
+    out = np.empty(img.size, dtype=img.dtype)
+    out[np.argsort(img.ravel(), kind="stable")] = np.sort(ref.ravel())
+    return out.reshape(img.shape)
+
+
+def _match_local_mean(img: np.ndarray, ref: np.ndarray, sigma: float) -> np.ndarray:
+    """``ref`` plus the high-pass part of ``d = img - ref``: ``d`` minus its Gaussian blur
+    (``sigma`` px, reflecting borders).
+
+    What is left of ``d`` sums to zero over the image, and nearly so over any region much wider
+    than ``sigma`` (an 8-px ViT patch when ``sigma`` is 4 px): the lesion keeps its edges and
+    texture but no longer brightens its region (up to the clipping to [0, 1]).
+    """
+    d = img - ref
+    return np.clip(ref + d - gaussian_filter(d, sigma), 0, 1).astype(img.dtype)
+
+
 def render_cxr(
-    rng: np.random.Generator, size: int, lesion: str, *, gain: float = 1.0, grow: float = 1.0
+    rng: np.random.Generator, size: int, lesion: str, *, gain: float = 1.0, grow: float = 1.0,
+    match: str = "none",
 ) -> tuple[np.ndarray, np.ndarray, Anatomy, np.ndarray, tuple[float, float, float]]:
     """Render the image. Returns (image float32 [H, W] in [0, 1], lesion mask, anatomy,
-    lung masks [2, H, W], lesion (u, v, radius) in anatomy coordinates)."""
+    lung masks [2, H, W], lesion (u, v, radius) in anatomy coordinates).
+
+    ``match="histogram"`` (abnormal images only): the same anatomy is also rendered without
+    the lesion, through the same imaging chain (blur, window, gamma, vignetting, the same
+    noise), and the abnormal image is histogram-matched to it. The lesion then changes no
+    global intensity statistic (mean, spread, quantiles) of the image, only where the grey
+    values sit. ``match="local"``: the lesion's difference to that lesion-free render is
+    high-passed (minus its Gaussian blur of :data:`LOCAL_MATCH_SCALE` x size), so the lesion
+    keeps its edges and texture but no longer brightens its region. The random draws are the
+    same as with ``"none"``.
+    """
+    if match not in LESION_MATCHES:
+        raise ValueError(f"match must be one of {LESION_MATCHES}, got {match!r}")
     f32 = np.float32
     px = 1.0 / size
     e = max(0.003, 0.6 * px)  # edge softness: sharp at any size, never aliased
@@ -246,6 +289,7 @@ def render_cxr(
         att += rng.uniform(0.04, 0.08) * breast * body
 
     # Lesion.
+    att_free = att.copy() if (match != "none" and lesion != "none") else None
     mask = np.zeros((size, size), dtype=bool)
     center = (0.0, 0.0, 0.0)
     if lesion != "none":
@@ -289,9 +333,22 @@ def render_cxr(
             center = (cu0, cv0, float(r))
 
     # Imaging chain: blur, exposure/window, detector gamma, vignetting, quantum noise.
-    att = gaussian_filter(att.astype(f32), rng.uniform(0.4, 0.8) * size / 128)
+    blur = rng.uniform(0.4, 0.8) * size / 128
     lo, hi = rng.uniform(-0.03, 0.05), rng.uniform(0.8, 0.95)
-    img = np.clip((att - lo) / (hi - lo), 0, 1) ** rng.uniform(0.85, 1.25)
-    img *= 1.0 - rng.uniform(0.0, 0.15) * ((u - 0.5) ** 2 + (v - 0.45) ** 2) * 2
-    img += noise_rng.standard_normal((size, size)).astype(f32) * rng.uniform(0.008, 0.02) * np.sqrt(0.3 + img)
-    return np.clip(img, 0, 1).astype(f32), mask, an, lungs, center
+    gamma = rng.uniform(0.85, 1.25)
+    vignette = 1.0 - rng.uniform(0.0, 0.15) * ((u - 0.5) ** 2 + (v - 0.45) ** 2) * 2
+    noise = noise_rng.standard_normal((size, size)).astype(f32)
+    noise_amp = rng.uniform(0.008, 0.02)
+
+    def chain(a: np.ndarray) -> np.ndarray:
+        a = gaussian_filter(a.astype(f32), blur)
+        out = np.clip((a - lo) / (hi - lo), 0, 1) ** gamma * vignette
+        out += noise * noise_amp * np.sqrt(0.3 + out)
+        return np.clip(out, 0, 1).astype(f32)
+
+    img = chain(att)
+    if att_free is not None and match == "histogram":
+        img = _match_histogram(img, chain(att_free))
+    elif att_free is not None:
+        img = _match_local_mean(img, chain(att_free), LOCAL_MATCH_SCALE * size)
+    return img, mask, an, lungs, center

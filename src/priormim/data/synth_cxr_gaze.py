@@ -1,15 +1,106 @@
 """Simulated radiologist scan paths over a synthetic chest X-ray (:mod:`priormim.data.synth_cxr`),
 REFLACX style: a systematic sweep of both lungs, a look at the heart, mediastinum and
-costophrenic angles, and long fixations clustered on the lesion."""
+costophrenic angles, and long fixations clustered on the lesion.
+
+:data:`GAZE_STATS` holds the statistics the simulated readings are built to, each with the
+published figure it comes from or the note that none was found (then the value is ours);
+``tests/data/test_synth_cxr_gaze.py`` checks the simulator against them and
+``docs/vpmim_gaze.md`` ("Simulated readings") tabulates them.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from priormim.data.synth_cxr_anatomy import Anatomy
 from priormim.priors.gaze import Fixations
 
-__all__ = ["scan_path"]
+__all__ = ["GAZE_STATS", "READINGS_PER_IMAGE", "GazeStat", "scan_path"]
+
+REFLACX = "REFLACX (Bigolin Lanfredi et al., Sci. Data 9:350, 2022)"
+EGD_CXR = "EGD-CXR (Karargyris et al., Sci. Data 8:92, 2021)"
+NOT_PUBLISHED = (
+    "not published: not in the parts of the REFLACX and EGD-CXR papers that could be reached (abstracts, "
+    "EGD-CXR Table 2) nor in their code (github.com/ricbl/eyetracking, github.com/cxr-eye-gaze/eye-gaze-dataset); "
+    "chosen"
+)
+
+
+@dataclass(frozen=True)
+class GazeStat:
+    """One statistic of the simulated readings and where its target comes from.
+
+    Attributes:
+        target: the value the simulator is built to (a median, or a mean where ``how`` says so).
+        rel_tol: the relative tolerance the tests allow around ``target``.
+        how: how the statistic is measured (over readings, fixations or images).
+        published: the published figure, as text ("-" when there is none).
+        source: the paper and place (table, section, file) the figure is from, how the
+            target is derived from it, or :data:`NOT_PUBLISHED`.
+        matched: whether the simulator meets the target (the tests check both ways, so a
+            simulator change that moves a statistic across its tolerance must update this).
+    """
+
+    target: float
+    rel_tol: float
+    how: str
+    published: str
+    source: str
+    matched: bool = True
+
+
+# Readings per image: REFLACX has 3,032 readings of 2,616 images (abstract; five radiologists, most
+# images read once, a small subset by all five); EGD-CXR has one radiologist on 1,083 images.
+READINGS_PER_IMAGE = 3032 / 2616
+
+GAZE_STATS: dict[str, GazeStat] = {
+    "readings per image": GazeStat(
+        target=READINGS_PER_IMAGE, rel_tol=0.1, how="mean over images",
+        published="3,032 readings / 2,616 images = 1.16 (REFLACX); 1,083 images, 1 reader = 1.0 (EGD-CXR)",
+        source=f"{REFLACX}, abstract; {EGD_CXR}, abstract. Simulated: a second reader with probability 0.159",
+    ),
+    "fixations per reading": GazeStat(
+        target=27.0, rel_tol=0.2, how="median over readings", published="-", source=NOT_PUBLISHED,
+    ),
+    "fixation duration (ms)": GazeStat(
+        target=255.0, rel_tol=0.2, how="median over fixations", published="-",
+        source=NOT_PUBLISHED + " (sweep fixations ~250 ms, lesion dwells 0.6-1.5 s)",
+    ),
+    "saccade amplitude (deg)": GazeStat(
+        target=2.7, rel_tol=0.3, how="median over saccades (pixels / the reading's pixels per degree)",
+        published="-",
+        source=NOT_PUBLISHED + " (REFLACX fixations.csv documents the pixels per degree of every "
+        "fixation, angular_resolution_x/y_pixels_per_degree, but no summary of it is published)",
+    ),
+    "dwell share near lesion (%)": GazeStat(
+        target=55.0, rel_tol=0.2,
+        how="median over readings of abnormal images: share of fixation time within the lesion mask "
+        "dilated by 1/32 of the image side",
+        published="-", source=NOT_PUBLISHED,
+    ),
+    "gaze density, lesion / elsewhere": GazeStat(
+        target=6.0, rel_tol=0.5,
+        how="median over abnormal images: mean of the gaze heatmap inside the lesion mask / mean outside",
+        published="6x (REFLACX: 'average gaze density within abnormal regions is six times higher than "
+        "that of normal regions')",
+        source="Zhao et al., 'Taming Masked Image Modeling for Chest X-ray Diagnosis by Incorporating "
+        "Clinical Visual Priors', IPMI 2025, github.com/zhaozh10/CXR-MIM README.md (teaser caption); "
+        "how they delimit the regions (REFLACX's radiologist-drawn ellipses are larger than a lesion) "
+        "is not given there. Not matched: the simulator gives ~20x on its tight lesion masks",
+        matched=False,
+    ),
+}
+
+# Knobs of the simulator (chosen, see GAZE_STATS): sweep fixation durations (gamma shape, scale in s;
+# clipped), lesion dwell durations (s), saccade gaps between fixations (s), and the visual angle
+# (degrees) the shown image spans, which sets the pixels per degree.
+SWEEP_FIXATION_GAMMA = (9.0, 0.028)  # mean ~250 ms
+SWEEP_FIXATION_CLIP_S = (0.1, 0.5)
+LESION_FIXATION_S = (0.6, 1.5)
+SACCADE_GAP_S = (0.02, 0.08)
+DEGREES_SPANNED = (15.0, 20.0)
 
 
 def scan_path(
@@ -38,7 +129,7 @@ def scan_path(
         zoomed.append(np.full(len(p), zoom))
 
     def short(k: int) -> np.ndarray:
-        return np.clip(rng.gamma(9.0, 0.028, k), 0.1, 0.5)  # mean ~250 ms
+        return np.clip(rng.gamma(*SWEEP_FIXATION_GAMMA, k), *SWEEP_FIXATION_CLIP_S)
 
     # Overview near the centre.
     k = int(rng.integers(1, 4))
@@ -82,13 +173,13 @@ def scan_path(
     xy[on_image] = np.clip(xy[on_image], 0, orig - 1)
 
     # Timestamps: saccades of 20-80 ms between fixations, counted from the recording start.
-    gaps = rng.uniform(0.02, 0.08, n)
+    gaps = rng.uniform(*SACCADE_GAP_S, n)
     start = rng.uniform(0.5, 3.0) + np.concatenate([[0.0], np.cumsum(dur + gaps)[:-1]])
     start = np.round(start, 3)
     end = np.round(start + dur, 3)
 
     # ~15-20 degrees of visual angle span the shown image; zoom shrinks the shown region.
-    ppd = orig / rng.uniform(15.0, 20.0)
+    ppd = orig / rng.uniform(*DEGREES_SPANNED)
     z = rng.uniform(1.6, 2.5)
     box = np.tile(np.array([0.0, 0.0, orig, orig]), (n, 1))
     ppd_n = np.full(n, ppd)
@@ -130,4 +221,4 @@ def _lesion_cluster(rng: np.random.Generator, center, add, zoom: bool, *, revisi
     k = int(rng.integers(1, 4)) if revisit else int(rng.integers(3, 8))
     spread = max(0.4 * r, 0.008)
     p = np.stack([cu + rng.normal(0, spread, k), cv + rng.normal(0, spread, k)], axis=1)
-    add(p, np.round(rng.uniform(0.6, 1.5, k), 3), zoom)
+    add(p, np.round(rng.uniform(*LESION_FIXATION_S, k), 3), zoom)
