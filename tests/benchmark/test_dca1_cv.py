@@ -89,3 +89,28 @@ def test_label_curve_table_and_figure_on_fake_runs(tmp_path):
     assert "| 4 | 0.550 ± 0.071 (2 seeds) | 0.650 ± 0.071 (2 seeds) | +0.100 [+0.100, +0.100] |" in text
     assert "| 26 | - | - | - |" in text
     assert (tmp_path / "res" / "label_curve.png").stat().st_size > 1000
+
+
+def test_fidelity_table_pairs_per_image(tmp_path):
+    load_cv()
+    spec = importlib.util.spec_from_file_location("dca1_fidelity", ROOT / "benchmarks" / "dca1_fidelity.py")
+    fid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fid)
+    outs = {}
+    for m, shift in (("mae", 0.0), ("vasomim", 0.05)):
+        d = tmp_path / m
+        d.mkdir()
+        with open(d / "per_image.csv", "w") as f:
+            f.write("image," + ",".join(fid.METRICS) + "\n")
+            for i in range(10):
+                ref = "nan" if i == 0 else f"{0.5 + 0.01 * i + shift}"  # one image undefined for the segmentor Dice
+                f.write(f"im{i}.png,{ref}," + ",".join(f"{0.4 + 0.01 * i + shift}" for _ in fid.METRICS[1:]) + "\n")
+        (d / "analysis.json").write_text(json.dumps({
+            "tokens": {"silhouette": 0.1, "calinski_harabasz": 5.0, "davies_bouldin": 3.0},
+            "masking": {"masked_vessel_share_end": 0.2 + shift, "vessel_patch_share": 0.2}}))
+        outs[m] = d
+    args = type("A", (), {"results": tmp_path / "res"})()
+    text = fid.table(outs, args)
+    assert "| dice_seg_s99 | 0.5500 | 0.6000 | +0.0500 [+0.0500, +0.0500] (n = 9) |" in text
+    assert "| dice_sato | 0.4450 | 0.4950 | +0.0500 [+0.0500, +0.0500] |" in text
+    assert "| 0.200 | 0.250 |" in text
