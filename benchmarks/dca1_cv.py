@@ -164,8 +164,8 @@ def run_method(method: str, args: argparse.Namespace) -> None:
         train, val, test = fold_folder(args, k)
         out = args.out / method_dir(method, args) / f"fold{k}"
         t = time.perf_counter()
-        res = finetune_segmentation(method_config(method, args, train, val, test, out), resume=True)
-        if len(res.skipped_seeds) < len(args.seeds):  # something trained in this call
+        res = finetune_segmentation(method_config(method, args, train, val, test, out), resume=True, rescore=args.rescore)
+        if len(res.skipped_seeds) < len(args.seeds) and not args.rescore:  # something trained in this call
             record_time(args, method_dir(method, args), f"fold{k}", time.perf_counter() - t)
         print(f"[cv] {method} fold {k}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
 
@@ -316,6 +316,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ensemble", action="store_true", help="also score each fold's seed ensemble (mean probability)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--rescore", action="store_true", help="re-pick post-processing on val and re-score finished seeds (saved weights)")
     ap.add_argument("--figure", action="store_true", help="also draw <out>/cv_predictions.png (one test image per fold)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
