@@ -160,6 +160,8 @@ def run_method(method: str, args: argparse.Namespace) -> None:
             run_vesselness_baseline(args.data, args.out / "sato", "sato", keep="all")
             record_time(args, "sato", "all", time.perf_counter() - t)
         return
+    if method in ("vit_mae", "vit_vasomim") and getattr(args, f"encoder_{method[4:]}") is None:
+        pretrain_encoder(method[4:], args)  # before the clock: fold times are fine-tuning alone
     for k in args.folds:
         train, val, test = fold_folder(args, k)
         out = args.out / method_dir(method, args) / f"fold{k}"
