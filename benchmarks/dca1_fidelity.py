@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 from dca1_cv import bootstrap_ci  # noqa: E402
 
 REF_SEED = 99
-METRICS = (f"dice_seg_s{REF_SEED}", f"softdice_seg_s{REF_SEED}", "dice_sato", "psnr_vessel", "psnr_background")
+METRICS = (f"dice_ref_segmentor_s{REF_SEED}", f"softdice_ref_segmentor_s{REF_SEED}", "dice_sato", "psnr_vessel", "psnr_background")
 TOKENS = ("silhouette", "calinski_harabasz", "davies_bouldin")
 
 

@@ -111,6 +111,6 @@ def test_fidelity_table_pairs_per_image(tmp_path):
         outs[m] = d
     args = type("A", (), {"results": tmp_path / "res"})()
     text = fid.table(outs, args)
-    assert "| dice_seg_s99 | 0.5500 | 0.6000 | +0.0500 [+0.0500, +0.0500] (n = 9) |" in text
+    assert "| dice_ref_segmentor_s99 | 0.5500 | 0.6000 | +0.0500 [+0.0500, +0.0500] (n = 9) |" in text
     assert "| dice_sato | 0.4450 | 0.4950 | +0.0500 [+0.0500, +0.0500] |" in text
     assert "| 0.200 | 0.250 |" in text
