@@ -335,7 +335,7 @@ def test_pick_threshold_finds_the_cut_the_labels_were_made_with():
         val.append(SegSample(f"v{i}", image, image > 0.5619))
     best, scores = pick_threshold(_ScaledInput(), val, post=PostProcess(), img_size=24, norm=NormStats(mean=0.0, std=1.0))
     assert best == 0.65 and scores[0.65] > 0.99 and scores[0.5] < scores[0.6] < scores[0.65] > scores[0.7]
-    assert sorted(scores) == [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7]
+    assert sorted(scores) == [round(0.3 + 0.05 * i, 2) for i in range(14)]  # 0.30 ... 0.95
 
 
 def test_rescore_repicks_postprocessing_without_retraining(tmp_path):
