@@ -108,7 +108,7 @@ def pretrain_encoder(method: str, args: argparse.Namespace) -> Path:
     if not (pool / "done").is_file():
         write_synthetic_xca(pool, n=args.pretrain_pool, size=300, seed=15, rich=True)
         (pool / "done").write_text("ok\n")
-    images = pool / "images" if (pool / "images").is_dir() else pool
+    images = pool / "images"  # write_synthetic_xca writes images/ and masks/
     run = work / f"{method}_e{args.pretrain_epochs}"
     encoder = run / "encoder.safetensors"
     if encoder.is_file():

@@ -36,21 +36,27 @@ TOKENS = ("silhouette", "calinski_harabasz", "davies_bouldin")
 
 
 def runs(cv_out: Path) -> dict[str, Path]:
-    """``{"mae": run, "vasomim": run}``: the finished pretraining runs under ``<cv_out>/pretrain``."""
+    """``{"mae": run, "vasomim": run}``: the finished pretraining runs under ``<cv_out>/pretrain``
+    (one per method; several budgets in one folder would make the comparison ambiguous)."""
     found = {}
     for method in ("mae", "vasomim"):
         done = sorted(p.parent for p in (cv_out / "pretrain").glob(f"{method}_e*/encoder.safetensors"))
+        if len(done) > 1:
+            raise SystemExit(f"several finished {method} runs ({', '.join(d.name for d in done)}); keep one per --cv-out")
         if done:
-            found[method] = done[-1]
+            found[method] = done[0]
     return found
 
 
-def reference_segmentor(cv_out: Path, epochs: int) -> Path:
-    pool = sorted((cv_out / "pretrain").glob("pool*/images"))[-1]
+def reference_segmentor(cv_out: Path, vasomim_run: Path, epochs: int) -> Path:
+    """UNeXt-S trained on the pool and priors the VasoMIM run used (read from its config), seed ``REF_SEED``."""
+    import yaml
+
+    data = yaml.safe_load((vasomim_run / "config.yaml").read_text())["data"]
     path = cv_out / "pretrain" / f"ref_segmentor_s{REF_SEED}.safetensors"
     if not path.is_file():
-        subprocess.run([sys.executable, "-m", "priormim", "train-segmentor", "--images", str(pool),
-                        "--priors", str(cv_out / "pretrain" / "priors"), "--out", str(path), "--epochs", str(epochs),
+        subprocess.run([sys.executable, "-m", "priormim", "train-segmentor", "--images", str(data["images"]),
+                        "--priors", str(data["priors"]), "--out", str(path), "--epochs", str(epochs),
                         "--img-size", "128", "--seed", str(REF_SEED)], check=True)
     return path
 
@@ -108,7 +114,7 @@ def main() -> None:
     found = runs(args.cv_out)
     if set(found) != {"mae", "vasomim"}:
         raise SystemExit(f"need finished MAE and VasoMIM runs under {args.cv_out / 'pretrain'} (found {sorted(found)}); run dca1_cv.py first")
-    ref = reference_segmentor(args.cv_out, args.segmentor_epochs)
+    ref = reference_segmentor(args.cv_out, found["vasomim"], args.segmentor_epochs)
     outs = {m: analyze(m, run, args, ref) for m, run in found.items()}
     print(table(outs, args))
 

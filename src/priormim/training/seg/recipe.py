@@ -30,8 +30,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # Native 300 px (no resize), random 128-px patches, 4 per image per epoch; flip-TTA,
         # hysteresis, poly decay. 120 epochs (1,560 steps of batch 8 on 26 images): at 30 the best
         # epoch was the last in every DCA1 fold; on fold 0's validation images 120 epochs reached
-        # 0.771 DSC against 0.741 at 30, flat after epoch 105 (benchmarks/README.md). About 13 min
-        # per fold on one idle CPU core.
+        # 0.771 DSC against 0.741 at 30, flat after epoch 105 (benchmarks/README.md). Measured cost:
+        # 5.7 s per epoch with 2 threads on the otherwise idle 2-core box; 18-22 min per fold with
+        # one thread while another job used the other core.
         "unet": dict(native=True, train_crop=128, crops_per_image=4, batch_size=8, epochs=120, warmup_epochs=2,
                      unet_base_channels=16, lr=1e-3, schedule="poly", augment_level="strong", tta=True,
                      hysteresis=True, val_every=5),
