@@ -97,8 +97,10 @@ def fold_folder(args: argparse.Namespace, k: int) -> tuple[Path, Path, Path]:
     return root / "train", root / "val", root / "test"
 
 
-def pretrain_encoder(method: str, args: argparse.Namespace) -> Path:
-    """``<out>/pretrain/<method>/encoder.safetensors``, pretrained on the synthetic pool (resumable)."""
+def pretrain_encoder(method: str, args: argparse.Namespace, seed: int = 0) -> Path:
+    """``<out>/pretrain/<method>_e<epochs>[_s<seed>]/encoder.safetensors``, pretrained on the
+    synthetic pool (resumable). The pool is the same for every seed; ``seed`` sets the
+    initialisation, masks and crops (and VasoMIM's consistency segmentor)."""
     from priormim.config import load_config
     from priormim.data.synth_xca import write_synthetic_xca
     from priormim.training.pretrain import pretrain
@@ -109,18 +111,18 @@ def pretrain_encoder(method: str, args: argparse.Namespace) -> Path:
         write_synthetic_xca(pool, n=args.pretrain_pool, size=300, seed=15, rich=True)
         (pool / "done").write_text("ok\n")
     images = pool / "images"  # write_synthetic_xca writes images/ and masks/
-    run = work / f"{method}_e{args.pretrain_epochs}"
+    run = work / (f"{method}_e{args.pretrain_epochs}" + (f"_s{seed}" if seed else ""))
     encoder = run / "encoder.safetensors"
     if encoder.is_file():
         return encoder
     o = ["model.img_size=128", "model.encoder=vit_tiny_patch16_224", f"model.encoder_kwargs={{depth: {VIT_KWARGS['depth']}}}",
          f"optim.epochs={args.pretrain_epochs}", f"optim.warmup_epochs={max(1, args.pretrain_epochs // 20)}", "optim.batch_size=64",
-         "optim.blr=1.5e-3", "data.crop_scale=[0.15, 0.6]", "data.num_workers=0", "train.progress=false", "train.seed=0",
+         "optim.blr=1.5e-3", "data.crop_scale=[0.15, 0.6]", "data.num_workers=0", "train.progress=false", f"train.seed={seed}",
          f"data.images={images}", f"data.priors={work / 'priors'}", "train.save_every=100000"]
     if method == "vasomim":
         o.append(f"consistency.segmentor_epochs={args.segmentor_epochs}")
     t = time.perf_counter()
-    print(f"[cv] pretraining {method} on {args.pretrain_pool} synthetic angiograms, {args.pretrain_epochs} epochs", file=sys.stderr, flush=True)
+    print(f"[cv] pretraining {method} (seed {seed}) on {args.pretrain_pool} synthetic angiograms, {args.pretrain_epochs} epochs", file=sys.stderr, flush=True)
     pretrain(load_config(method, o), run, resume=(run / "last.ckpt").is_file())
     record_time(args, "pretrain", run.name, time.perf_counter() - t)
     return encoder

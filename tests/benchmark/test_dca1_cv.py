@@ -91,26 +91,32 @@ def test_label_curve_table_and_figure_on_fake_runs(tmp_path):
     assert (tmp_path / "res" / "label_curve.png").stat().st_size > 1000
 
 
-def test_fidelity_table_pairs_per_image(tmp_path):
+def test_fidelity_table_pairs_per_image_and_seed(tmp_path):
     load_cv()
     spec = importlib.util.spec_from_file_location("dca1_fidelity", ROOT / "benchmarks" / "dca1_fidelity.py")
     fid = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fid)
     outs = {}
-    for m, shift in (("mae", 0.0), ("vasomim", 0.05)):
-        d = tmp_path / m
+    # VasoMIM is +0.04 over MAE with seed 0 and +0.06 with seed 1: +0.05 on average.
+    for (m, seed), shift in {("mae", 0): 0.0, ("vasomim", 0): 0.04, ("mae", 1): 0.0, ("vasomim", 1): 0.06}.items():
+        d = tmp_path / f"{m}_s{seed}"
         d.mkdir()
         with open(d / "per_image.csv", "w") as f:
             f.write("image," + ",".join(fid.METRICS) + "\n")
             for i in range(10):
-                ref = "nan" if i == 0 else f"{0.5 + 0.01 * i + shift}"  # one image undefined for the segmentor Dice
+                # image 0 undefined for the segmentor Dice of one run only: dropped from that row for every run
+                ref = "nan" if (i == 0 and (m, seed) == ("mae", 1)) else f"{0.5 + 0.01 * i + shift}"
                 f.write(f"im{i}.png,{ref}," + ",".join(f"{0.4 + 0.01 * i + shift}" for _ in fid.METRICS[1:]) + "\n")
         (d / "analysis.json").write_text(json.dumps({
-            "tokens": {"silhouette": 0.1, "calinski_harabasz": 5.0, "davies_bouldin": 3.0},
+            "tokens": {"silhouette": 0.1 + seed, "calinski_harabasz": 5.0, "davies_bouldin": 3.0},
             "masking": {"masked_vessel_share_end": 0.2 + shift, "vessel_patch_share": 0.2}}))
-        outs[m] = d
+        outs[m, seed] = d
+    outs["mae", 2] = tmp_path / "missing"  # a seed without its VasoMIM partner is not paired
     args = type("A", (), {"results": tmp_path / "res"})()
     text = fid.table(outs, args)
-    assert "| dice_ref_segmentor_s99 | 0.5500 | 0.6000 | +0.0500 [+0.0500, +0.0500] (n = 9) |" in text
-    assert "| dice_sato | 0.4450 | 0.4950 | +0.0500 [+0.0500, +0.0500] |" in text
-    assert "| 0.200 | 0.250 |" in text
+    assert "seeds 0, 1," in text
+    assert "| dice_ref_segmentor_s99 | 0.5500 | 0.6000 | +0.0500 [+0.0500, +0.0500] (n = 9) | +0.0400 / +0.0600 |" in text
+    assert "| dice_sato | 0.4450 | 0.4950 | +0.0500 [+0.0500, +0.0500] | +0.0400 / +0.0600 |" in text
+    assert "| 0.6 ± 0.71 | 0.6 ± 0.71 |" in text  # silhouette: mean ± std over the two seeds
+    assert "| 0.2 ± 0 | 0.25 ± 0.014 |" in text  # masked vessel share
+    assert (tmp_path / "res" / "fidelity.md").read_text() == text
