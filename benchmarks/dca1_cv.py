@@ -57,7 +57,7 @@ from priormim.training.finetune_seg import (carve_validation, finetune_segmentat
 HERE = Path(__file__).resolve().parent
 FOLDS = HERE / "dca1_cv_folds.json"
 METRICS = ("dice", "cldice", "precision", "recall")
-LABELS = {"unet_ensemble": "U-Net (strong, 3-seed ensemble)", "sato": "Sato vesselness (p92, no training)", "unet": "U-Net (strong recipe)", "unet_default": "U-Net (default recipe)",
+LABELS = {"unet_ensemble": "U-Net (strong, seed ensemble: mean probability)", "sato": "Sato vesselness (p92, no training)", "unet": "U-Net (strong recipe)", "unet_default": "U-Net (default recipe)",
           "unet_e30": "U-Net (strong recipe at 30 epochs, before 2026-12-02)",
           "vit_scratch": "ViT (scratch, strong)", "vit_mae": "ViT (MAE, strong)", "vit_vasomim": "ViT (VasoMIM, strong)"}
 # The ViT of the issue-3 benchmark: 6 blocks of ViT-tiny width, patch 16, built for 128-px windows.

@@ -228,3 +228,19 @@ def test_cli_strong_recipe_trains_predicts_at_native_size(tmp_path):
     assert 0.3 <= ens["postprocess"]["threshold"] <= 0.7
     with pytest.raises(UserError):
         evaluate_seed_ensemble([], samples[:3], samples[3:])
+
+    # --ensemble on the finished run: seeds are reused (no option conflict), the ensemble is scored
+    # on the run's own val / test split and reported beside the per-seed table.
+    args = ["finetune", "seg", "--data", str(tmp_path / "d"), "--model", "unet", "--recipe", "strong", "--unet-base", "4",
+            "--train-crop", "16", "--epochs", "2", "--batch-size", "2", "--val-every", "1", "--device", "cpu", "--seeds", "0", "1",
+            "--out", str(out)]
+    assert main([*args, "--ensemble"]) == 0
+    split = json.loads((out / "split.json").read_text())
+    by_name = {s.name: s for s in samples}
+    direct = evaluate_seed_ensemble([out / "seed0", out / "seed1"], [by_name[n] for n in split["val"]],
+                                    [by_name[n] for n in split["test"]], device="cpu")
+    saved = json.loads((out / "ensemble" / "metrics.json").read_text())
+    assert saved["test"]["summary"]["dice"]["n"] == len(split["test"])
+    assert saved["test"]["summary"]["dice"]["mean"] == pytest.approx(direct["test"]["summary"]["dice"]["mean"])
+    assert "Seed ensemble (mean probability of 2 seeds" in (out / "results.md").read_text()
+    assert main(args) == 0  # and without it again: the finished seeds are still reused

@@ -59,7 +59,7 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
                        help="preset: 'default' (resize, whole-image or window training, cosine, single threshold) or 'strong' "
                        "(native resolution, 4 random 128-px patches per image per epoch, flips / 90-degree turns / elastic / blur, "
                        "poly schedule, flip-averaged inference, hysteresis picked on val); explicit flags override it")
-    train.add_argument("--epochs", type=int, help="default 100 (strong: unet 30, vit 60)")
+    train.add_argument("--epochs", type=int, help="default 100 (strong: unet 120, vit 60)")
     train.add_argument("--batch-size", type=int, help="default 4 (strong: 8)")
     train.add_argument("--lr", type=float, help="peak learning rate (default: vit 3e-4, unet 1e-3)")
     train.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: vit 0.05, unet 1e-4)")
@@ -88,6 +88,9 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
     post.add_argument("--tta", action="store_true", default=None, help="average the logits over the four flips (strong recipe: on)")
     post.add_argument("--hysteresis", action="store_true", default=None,
                       help="pick a dual (low, high) threshold on val next to the single cut (strong recipe: on)")
+    post.add_argument("--ensemble", action="store_true", default=None,
+                      help="with several --seeds: also score the seeds' mean probability, its post-processing picked on val "
+                      "(<out>/ensemble/metrics.json and a line in results.md)")
     post.add_argument("--rescore", action="store_true",
                       help="do not retrain finished seeds: re-pick the post-processing on val and re-score the test set")
     from priormim.cli.finetune_config import add_config_args
@@ -128,12 +131,14 @@ def run_seg(args: argparse.Namespace) -> int:
         unet_base_channels=args.unet_base, drop_path=args.drop_path, seeds=tuple(args.seeds), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
         warmup_epochs=args.warmup_epochs, val_every=args.val_every, augment=not args.no_augment, train_crop=args.train_crop, label=args.label, device=args.device,
-        fov=args.fov, threshold=args.threshold,
+        fov=args.fov, threshold=args.threshold, ensemble=args.ensemble,
     )
     kwargs = merge_config(SegFinetuneConfig, args, flags, dest_to_key=SEG_FLAG_KEYS)
     cfg = recipe_config(kwargs.pop("recipe", "default"), **kwargs)
     result = finetune_segmentation(cfg, resume=args.resume, rescore=args.rescore, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(result.results_md.read_text(encoding="utf-8"))
+        if args.ensemble and result.ensemble is None:
+            print("--ensemble: one seed only, nothing to average (pass --seeds 0 1 2)")
         print(f"results -> {result.results_md}, {result.results_csv}")
     return 0

@@ -124,6 +124,7 @@ class SegFinetuneConfig:
     cldice_weight: float = 0.0  # weight of the soft-clDice term added to BCE + Dice
     tta: bool = False  # average the logits over the four flips at inference
     hysteresis: bool = False  # pick a dual (low, high) threshold on val instead of a single cut
+    ensemble: bool = False  # also score the seeds' mean probability (post-processing re-picked on val)
 
     def resolved(self) -> SegFinetuneConfig:
         """A copy with defaults filled in and inputs checked (UserError on bad values)."""

@@ -77,7 +77,7 @@ def _seed_everything(seed: int) -> torch.Generator:
 
 # Settings that change where and how a run is shown, not its numbers (as pretraining's
 # RESUMABLE_KEYS; amp too): a resumed or finished seed may differ in them.
-RUN_ONLY_KEYS = ("out", "device", "label", "progress", "amp")
+RUN_ONLY_KEYS = ("out", "device", "label", "progress", "amp", "ensemble")
 
 
 def _resume_fingerprint(cfg: SegFinetuneConfig, seed: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class SegRunResult:
     rows: list[ResultRow]
     results_md: Path
     results_csv: Path
+    ensemble: dict[str, Any] | None = None  # with cfg.ensemble and >= 2 seeds: see evaluate_seed_ensemble
 
 def _check_split_file(out: Path, split: dict[str, Any]) -> None:
     path = out / "split.json"
@@ -141,7 +142,29 @@ def _finetune_seeds(cfg: SegFinetuneConfig, dist: Any, group: Any, device: torch
     rows = aggregate_runs(run_dirs)
     if dist.is_main:
         md, csv_path = write_results_table(rows, cfg.out, title=f"Vessel segmentation: {cfg.label}")
+    ensemble = None
+    if cfg.ensemble and len(run_dirs) > 1 and dist.is_main:
+        ensemble = write_seed_ensemble(run_dirs, data, cfg.out, device=device)
     if group is not None:
         group.all_gather("tables-written", True)
     return SegRunResult(out_dir=cfg.out, method=cfg.label, run_dirs=run_dirs, summaries=summaries, skipped_seeds=skipped,
-                        rows=rows, results_md=md, results_csv=csv_path)
+                        rows=rows, results_md=md, results_csv=csv_path, ensemble=ensemble)
+
+
+def write_seed_ensemble(run_dirs: list[Path], data: Any, out: Path, *, device: torch.device) -> dict[str, Any]:
+    """Score the mean probability of the seeds (post-processing picked on val, test scored once),
+    write ``<out>/ensemble/metrics.json`` and add its line to ``<out>/results.md``."""
+    from priormim.training.seg.baseline import evaluate_seed_ensemble
+
+    res = evaluate_seed_ensemble(run_dirs, data.val, data.test, device=str(device))
+    atomic_write_bytes(out / "ensemble" / "metrics.json", json.dumps(res, indent=2).encode("utf-8"))
+    s = res["test"]["summary"]
+    post = res["postprocess"]
+    cut = f"hysteresis {post['low']:.2f}/{post['threshold']:.2f}" if post.get("low") is not None else f"threshold {post['threshold']:.2f}"
+    line = (f"\nSeed ensemble (mean probability of {len(run_dirs)} seeds; {cut} picked on val): test DSC {s['dice']['mean']:.4f} "
+            f"± {s['dice']['std']:.4f}, clDice {s['cldice']['mean']:.4f} ({s['dice']['n']} images; ± over images). "
+            f"Per image: {out / 'ensemble' / 'metrics.json'}\n")
+    md = out / "results.md"
+    atomic_write_bytes(md, (md.read_text(encoding="utf-8").rstrip("\n") + "\n" + line).encode("utf-8"))
+    log.info("seed ensemble of %d: test DSC %.4f, clDice %.4f", len(run_dirs), s["dice"]["mean"], s["cldice"]["mean"])
+    return res
