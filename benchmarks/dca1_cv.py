@@ -97,10 +97,11 @@ def fold_folder(args: argparse.Namespace, k: int) -> tuple[Path, Path, Path]:
     return root / "train", root / "val", root / "test"
 
 
-def pretrain_encoder(method: str, args: argparse.Namespace, seed: int = 0) -> Path:
+def pretrain_encoder(method: str, args: argparse.Namespace, seed: int = 0, extra: tuple[str, ...] = ()) -> Path:
     """``<out>/pretrain/<method>_e<epochs>[_s<seed>]/encoder.safetensors``, pretrained on the
     synthetic pool (resumable). The pool is the same for every seed; ``seed`` sets the
-    initialisation, masks and crops (and VasoMIM's consistency segmentor)."""
+    initialisation, masks and crops (and VasoMIM's consistency segmentor). ``method``: a config
+    name (``mae``, ``vasomim``, ``vasomim_guidance_only`` ...); ``extra``: more overrides."""
     from priormim.config import load_config
     from priormim.data.synth_xca import write_synthetic_xca
     from priormim.training.pretrain import pretrain
@@ -119,8 +120,9 @@ def pretrain_encoder(method: str, args: argparse.Namespace, seed: int = 0) -> Pa
          f"optim.epochs={args.pretrain_epochs}", f"optim.warmup_epochs={max(1, args.pretrain_epochs // 20)}", "optim.batch_size=64",
          "optim.blr=1.5e-3", "data.crop_scale=[0.15, 0.6]", "data.num_workers=0", "train.progress=false", f"train.seed={seed}",
          f"data.images={images}", f"data.priors={work / 'priors'}", "train.save_every=100000"]
-    if method == "vasomim":
+    if method.startswith("vasomim"):
         o.append(f"consistency.segmentor_epochs={args.segmentor_epochs}")
+    o += list(extra)
     t = time.perf_counter()
     print(f"[cv] pretraining {method} (seed {seed}) on {args.pretrain_pool} synthetic angiograms, {args.pretrain_epochs} epochs", file=sys.stderr, flush=True)
     pretrain(load_config(method, o), run, resume=(run / "last.ckpt").is_file())

@@ -120,3 +120,40 @@ def test_fidelity_table_pairs_per_image_and_seed(tmp_path):
     assert "| 0.6 ± 0.71 | 0.6 ± 0.71 |" in text  # silhouette: mean ± std over the two seeds
     assert "| 0.2 ± 0 | 0.25 ± 0.014 |" in text  # masked vessel share
     assert (tmp_path / "res" / "fidelity.md").read_text() == text
+
+
+def test_vasomim_family_tables_pair_by_seed_and_image(tmp_path):
+    load_cv()
+    spec = importlib.util.spec_from_file_location("vasomim_family", ROOT / "benchmarks" / "vasomim_family.py")
+    vf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vf)
+    cv_out = tmp_path / "cv"
+    images = [f"im{i}.png" for i in range(6)]
+    # Probe Dice: scratch 0.40 + 0.01 i; MAE +0.02 (seed 0) / +0.04 (seed 1); VasoMIM +0.05 / +0.07.
+    shift = {"scratch": (0.0, 0.0), "mae": (0.02, 0.04), "vasomim": (0.05, 0.07)}
+    for m, per_seed in shift.items():
+        for s, d in enumerate(per_seed):
+            p = cv_out / "family" / "probe" / f"{m}_s{s}.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps({n: 0.40 + 0.01 * i + d for i, n in enumerate(images)}))
+            if m == "scratch":
+                continue
+            fid = cv_out / "fidelity" / (m + (f"_s{s}" if s else ""))
+            fid.mkdir(parents=True)
+            cols = [vf.MECH[k] for k in vf.MECH]
+            with open(fid / "per_image.csv", "w") as f:
+                f.write("image," + ",".join(cols) + "\n")
+                for i, n in enumerate(images):
+                    f.write(n + "," + ",".join(f"{0.3 + 0.01 * i + d}" for _ in cols) + "\n")
+            (fid / "analysis.json").write_text(json.dumps({
+                "tokens": {"silhouette": 0.01 * (s + 1), "calinski_harabasz": 5.0, "davies_bouldin": 3.0},
+                "masking": {"masked_vessel_share_end": 0.25}}))
+    args = type("A", (), {"cv_out": cv_out, "results": tmp_path / "res", "pretrain_pool": 256, "pretrain_epochs": 100})()
+    text = vf.table(*vf.collect(args, [0, 1]), args)
+    # MAE - scratch: +0.03 per image on average, seeds +0.02 / +0.04: t-CI over 2 seeds is wide (t = 12.7).
+    assert "| MAE | 0.4550 ± 0.0141 (2) | +0.0300 [+0.0300, +0.0300]; seeds +0.020 / +0.040, t-CI over seeds [-0.097, +0.157] |" in text
+    # VasoMIM - MAE: +0.03 with both seeds: beyond the seed spread.
+    assert "| yes | yes | VasoMIM | +0.0300 [+0.0300, +0.0300]; seeds +0.030 / +0.030, t-CI over seeds [+0.030, +0.030] **beyond the seed spread** |" in text
+    assert "| no | yes | consistency only | – | – | – | – |" in text  # not run: shown as missing, not dropped
+    assert "0.015 ± 0.0071" in text  # silhouette pooled: mean ± std over seeds
+    assert (tmp_path / "res" / "results.md").read_text() == text
