@@ -215,7 +215,13 @@ def collect(args: argparse.Namespace) -> dict[str, dict[int, dict[str, dict[str,
             for r in json.loads(mfile.read_text())["test"]["per_image"]:
                 by_seed.setdefault(seed, {})[r["name"]] = {m: float(r[m]) for m in METRICS}
         if by_seed:
-            # Images every seed has scored (all 40 once every fold is done; fewer while the run is partial).
+            # A seed still running (fewer folds than the others) is left out rather than shrinking
+            # every seed to its images; while all are partial, the images all of them scored.
+            most = max(len(v) for v in by_seed.values())
+            partial = sorted(s for s, v in by_seed.items() if len(v) < most)
+            if partial:
+                print(f"[cv] {d.name}: seed(s) {partial} not finished on every fold; left out of the table", file=sys.stderr)
+            by_seed = {s: v for s, v in by_seed.items() if s not in partial}
             common = set.intersection(*(set(v) for v in by_seed.values()))
             out[d.name] = {s: {n: v[n] for n in common} for s, v in by_seed.items()}
     return out

@@ -45,6 +45,9 @@ def test_bootstrap_and_table_on_fake_runs(tmp_path):
         d = tmp_path / "unet" / f"fold{k}" / "seed0"
         d.mkdir(parents=True)
         (d / "metrics.json").write_text(json.dumps({"test": {"per_image": rows(folds[k], 0.75)}}))
+    d = tmp_path / "unet" / "fold0" / "seed1"  # a second seed, one fold in: left out, not shrinking seed 0 to 8 images
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"test": {"per_image": rows(folds[0], 0.1)}}))
     args = type("A", (), {"out": tmp_path})()
     text = cv.table(args)
     assert "| U-Net (strong recipe) | 16 | 1 | 0.750 ± 0.000" in text
