@@ -307,7 +307,9 @@ def prediction_figure(args: argparse.Namespace, *, per_fold: int = 1) -> Path | 
             rows.append(row)
     if not rows:
         return None
-    return predictions_figure(rows, ["vesselness", *methods], args.out / "cv_predictions.png",
+    short = {"vesselness": "Sato (no training)", "unet": "U-Net (strong)", "unet_e30": "U-Net (30 epochs)",
+             "unet_default": "U-Net (default)", "vit_scratch": "ViT (scratch)", "vit_mae": "ViT (MAE)", "vit_vasomim": "ViT (VasoMIM)"}
+    return predictions_figure(rows, ["vesselness", *methods], args.out / "cv_predictions.png", labels=short,
                               title="DCA1, one test angiogram per fold (seed 0): white hit, red false positive, blue missed")
 
 

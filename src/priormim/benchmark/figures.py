@@ -202,9 +202,11 @@ def outcome_legend(fig) -> None:
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
 
 
-def predictions_figure(rows: list[dict], methods: Sequence[str], path: Path, *, title: str = "") -> Path:
+def predictions_figure(rows: list[dict], methods: Sequence[str], path: Path, *, title: str = "",
+                       labels: dict[str, str] | None = None) -> Path:
     """Per test image: image, ground truth, then each method's prediction coloured by outcome
-    (white = hit, red = false positive, blue = missed vessel; legend below), test DSC under each panel."""
+    (white = hit, red = false positive, blue = missed vessel; legend below), test DSC under each
+    panel. Column titles: ``labels[method]``, else the registry's display name."""
     cols = 2 + len(methods)
     fig, axes = plt.subplots(len(rows), cols, figsize=(max(1.45 * cols, 5.5), 1.5 * len(rows) + 0.6), squeeze=False,
                              layout="constrained")
@@ -227,7 +229,7 @@ def predictions_figure(rows: list[dict], methods: Sequence[str], path: Path, *, 
             if "dice" in row and method in row["dice"]:
                 ax.set_xlabel(f"{row['dice'][method]:.2f}", fontsize=7, labelpad=1)
         if r == 0:
-            for c, name in enumerate(["image", "ground truth"] + [label(m) for m in methods]):
+            for c, name in enumerate(["image", "ground truth"] + [(labels or {}).get(m) or label(m) for m in methods]):
                 axes[0, c].set_title(name.replace(" (", "\n("), fontsize=7)
     for ax in axes.ravel():
         ax.set_xticks([])
