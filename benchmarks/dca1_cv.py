@@ -139,7 +139,7 @@ def record_time(args: argparse.Namespace, group: str, key: str, seconds: float) 
 
 
 def method_config(method: str, args: argparse.Namespace, train: Path, val: Path, test: Path, out: Path):
-    common = dict(out=out, train=train, val=val, test=test, seeds=tuple(args.seeds))
+    common = dict(out=out, train=train, val=val, test=test, seeds=tuple(args.seeds), ensemble=getattr(args, "ensemble", False))
     if args.labels:
         # Same optimisation budget at every label count: more random windows per image per
         # epoch, so an epoch is as many steps as with all 26 training images.
@@ -177,26 +177,6 @@ def run_method(method: str, args: argparse.Namespace) -> None:
         print(f"[cv] {method} fold {k}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
 
 
-def run_ensemble(method: str, args: argparse.Namespace) -> None:
-    """``<out>/<method>_ensemble/fold<k>/seed0/metrics.json``: the mean probability of the
-    fold's seed models, post-processing re-picked on the fold's val images."""
-    from priormim.data.readers import read_segmentation_folder
-    from priormim.io import atomic_write_bytes
-    from priormim.training.finetune_seg import evaluate_seed_ensemble, load_samples
-
-    for k in args.folds:
-        seeds = sorted(d for d in (args.out / method_dir(method, args) / f"fold{k}").glob("seed*") if (d / "metrics.json").exists())
-        target = args.out / f"{method_dir(method, args)}_ensemble" / f"fold{k}" / "seed0" / "metrics.json"
-        if len(seeds) < 2 or target.exists():
-            continue
-        _, val, test = fold_folder(args, k)
-        load = lambda d: load_samples(read_segmentation_folder(d, check_binary=False))  # noqa: E731
-        res = evaluate_seed_ensemble(seeds, load(val), load(test), device="cpu")
-        atomic_write_bytes(target, json.dumps(res, indent=1).encode())
-        print(f"[cv] {method} fold {k}: ensemble of {len(seeds)} seeds, DSC {res['test']['summary']['dice']['mean']:.4f}",
-              file=sys.stderr, flush=True)
-
-
 def method_dir(method: str, args: argparse.Namespace) -> str:
     return method if not args.labels else f"{method}_n{args.labels}"
 
@@ -224,6 +204,11 @@ def collect(args: argparse.Namespace) -> dict[str, dict[int, dict[str, dict[str,
             by_seed = {s: v for s, v in by_seed.items() if s not in partial}
             common = set.intersection(*(set(v) for v in by_seed.values()))
             out[d.name] = {s: {n: v[n] for n in common} for s, v in by_seed.items()}
+        # `finetune seg --ensemble` (the --ensemble flag here) writes fold<k>/ensemble/metrics.json.
+        ens = {r["name"]: {m: float(r[m]) for m in METRICS} for f in sorted(d.glob("fold*/ensemble/metrics.json"))
+               for r in json.loads(f.read_text())["test"]["per_image"]}
+        if ens:
+            out[f"{d.name}_ensemble"] = {0: ens}
     return out
 
 
@@ -329,7 +314,7 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=int, default=100)
     ap.add_argument("--segmentor-epochs", type=int, default=10, help="VasoMIM's consistency segmentor (official: 200)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--ensemble", action="store_true", help="also score each fold's seed ensemble (mean probability)")
+    ap.add_argument("--ensemble", action="store_true", help="also score each fold's seed ensemble (finetune seg --ensemble)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--rescore", action="store_true", help="re-pick post-processing on val and re-score finished seeds (saved weights)")
     ap.add_argument("--figure", action="store_true", help="also draw <out>/cv_predictions.png (one test image per fold)")
@@ -340,8 +325,6 @@ def main() -> None:
     if not args.table_only:
         for method in args.methods:
             run_method(method, args)
-            if args.ensemble and method != "sato":
-                run_ensemble(method, args)
     if args.figure:
         print(f"[cv] wrote {prediction_figure(args)}", file=sys.stderr)
     print(table(args))

@@ -48,9 +48,14 @@ def test_bootstrap_and_table_on_fake_runs(tmp_path):
     d = tmp_path / "unet" / "fold0" / "seed1"  # a second seed, one fold in: left out, not shrinking seed 0 to 8 images
     d.mkdir(parents=True)
     (d / "metrics.json").write_text(json.dumps({"test": {"per_image": rows(folds[0], 0.1)}}))
+    for k in (0, 1):  # what `finetune seg --ensemble` writes per fold: read as its own row
+        e = tmp_path / "unet" / f"fold{k}" / "ensemble"
+        e.mkdir()
+        (e / "metrics.json").write_text(json.dumps({"test": {"per_image": rows(folds[k], 0.8)}}))
     args = type("A", (), {"out": tmp_path})()
     text = cv.table(args)
     assert "| U-Net (strong recipe) | 16 | 1 | 0.750 ± 0.000" in text
+    assert "| U-Net (strong, seed ensemble: mean probability) | 16 | 1 | 0.800 ± 0.000" in text
     assert "| 16 | +0.150 [+0.150, +0.150]" in text
     assert (tmp_path / "per_image.csv").read_text().count("\nunet,0,") == 16
 
