@@ -140,6 +140,8 @@ def record_time(args: argparse.Namespace, group: str, key: str, seconds: float) 
 
 def method_config(method: str, args: argparse.Namespace, train: Path, val: Path, test: Path, out: Path):
     common = dict(out=out, train=train, val=val, test=test, seeds=tuple(args.seeds), ensemble=getattr(args, "ensemble", False))
+    if getattr(args, "tta_dihedral", False):
+        common["tta_dihedral"] = True
     if args.labels:
         # Same optimisation budget at every label count: more random windows per image per
         # epoch, so an epoch is as many steps as with all 26 training images.
@@ -315,6 +317,8 @@ def main() -> None:
     ap.add_argument("--segmentor-epochs", type=int, default=10, help="VasoMIM's consistency segmentor (official: 200)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ensemble", action="store_true", help="also score each fold's seed ensemble (finetune seg --ensemble)")
+    ap.add_argument("--tta-dihedral", action="store_true",
+                    help="average the logits over the eight dihedral views instead of the four flips (with --rescore: on finished seeds)")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--rescore", action="store_true", help="re-pick post-processing on val and re-score finished seeds (saved weights)")
     ap.add_argument("--figure", action="store_true", help="also draw <out>/cv_predictions.png (one test image per fold)")

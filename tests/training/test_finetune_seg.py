@@ -355,6 +355,10 @@ def test_rescore_repicks_postprocessing_without_retraining(tmp_path):
 
     reloaded = load_st(weights)
     assert all(torch.equal(reloaded[k], v) for k, v in model.state_dict().items())  # same weights, not retrained
+    # Test-time averaging is inference only: --rescore may switch it on and records it.
+    finetune_segmentation(tiny_cfg(tmp_path, fov="collimator", threshold=0.7, tta=True, tta_dihedral=True), rescore=True)
+    assert json.loads((seed0 / "config.json").read_text())["tta_dihedral"] is True
+    assert json.loads((seed0 / "metrics.json").read_text())["config"]["tta_dihedral"] is True
     # Training settings cannot change under --rescore.
     with pytest.raises(UserError, match="trained with other settings \\(epochs\\)"):
         finetune_segmentation(tiny_cfg(tmp_path, epochs=2), rescore=True)

@@ -21,6 +21,7 @@ from priormim.training.finetune_seg import (
     SegSample,
     elastic_grid_offsets,
     ensemble_probabilities,
+    dihedral_tta,
     flip_tta,
     gaussian_blur_batch,
     hysteresis_mask,
@@ -78,6 +79,28 @@ def test_flip_tta_averages_the_four_flips():
     assert torch.allclose(got, x + ramp.mean())  # the ramp averages out over the flips
     conv = nn.Conv2d(1, 1, 1)  # a 1x1 conv is flip-equivariant: TTA changes nothing
     assert torch.allclose(flip_tta(conv, x), conv(x), atol=1e-6)
+
+
+def test_dihedral_tta_averages_the_eight_views():
+    x = torch.randn(2, 1, 8, 6)  # not square: the transposed views are 6 x 8
+
+    def model(t):  # neither flip- nor transpose-equivariant: adds a ramp along the last axis
+        return t + torch.arange(float(t.shape[-1])).view(1, 1, 1, -1)
+
+    views = []
+    for tr in (False, True):
+        v = x.transpose(-1, -2) if tr else x
+        for dims in ((), (-1,), (-2,), (-1, -2)):
+            y = model(v.flip(dims) if dims else v)
+            y = y.flip(dims) if dims else y
+            views.append(y.transpose(-1, -2) if tr else y)
+    got = dihedral_tta(model, x)
+    assert torch.allclose(got, torch.stack(views).mean(0))
+    # By hand: a ramp j and its flip W-1-j average to (W-1)/2; the transposed views put the
+    # ramp along H, giving (H-1)/2: in all x + ((6-1)/2 + (8-1)/2)/2 = x + 3.
+    assert torch.allclose(got, x + 3.0)
+    conv = nn.Conv2d(1, 1, 1)  # equivariant under the whole dihedral group: TTA changes nothing
+    assert torch.allclose(dihedral_tta(conv, x), conv(x), atol=1e-6)
 
 
 def test_ensemble_probabilities_is_the_mean_sigmoid():

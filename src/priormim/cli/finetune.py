@@ -86,6 +86,9 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
     post.add_argument("--threshold", type=float, default=None,
                       help="probability threshold (default: picked on the validation split from 0.3 to 0.7)")
     post.add_argument("--tta", action="store_true", default=None, help="average the logits over the four flips (strong recipe: on)")
+    post.add_argument("--tta-dihedral", action="store_true", default=None,
+                      help="average the logits over the eight dihedral views: the four flips of the image and of its transpose "
+                      "(2x the cost of --tta; with --rescore, tries it on a finished run)")
     post.add_argument("--hysteresis", action="store_true", default=None,
                       help="pick a dual (low, high) threshold on val next to the single cut (strong recipe: on)")
     post.add_argument("--ensemble", action="store_true", default=None,
@@ -125,7 +128,8 @@ def run_seg(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     flags = dict(
         recipe=args.recipe, native=args.native, crops_per_image=args.crops_per_image, schedule=args.schedule,
-        augment_level=args.augment_level, cldice_weight=args.cldice_weight, tta=args.tta, hysteresis=args.hysteresis,
+        augment_level=args.augment_level, cldice_weight=args.cldice_weight, tta=args.tta, tta_dihedral=args.tta_dihedral,
+        hysteresis=args.hysteresis,
         out=args.out, train=args.train, test=args.test, val=args.val, data=args.data, split_seed=args.split_seed,
         model=args.model, encoder=args.encoder, backbone=args.backbone, model_kwargs=args.model_kwargs, img_size=args.img_size,
         unet_base_channels=args.unet_base, drop_path=args.drop_path, seeds=tuple(args.seeds), epochs=args.epochs,

@@ -110,6 +110,7 @@ from priormim.training.seg.baseline import (  # noqa: F401
 )
 from priormim.training.seg.recipe import (  # noqa: F401
     RECIPES,
+    dihedral_tta,
     elastic_grid_offsets,
     ensemble_probabilities,
     flip_tta,

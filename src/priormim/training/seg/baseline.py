@@ -168,7 +168,7 @@ def evaluate_seed_ensemble(seed_dirs: Sequence[str | Path], val: Sequence[Any], 
                            device: str = "auto") -> dict[str, Any]:
     """Score the ensemble of several saved segmenters (e.g. the 3 seeds of one run).
 
-    Each model predicts as its ``config.json`` says (size, window, flip TTA); the ensemble
+    Each model predicts as its ``config.json`` says (size, window, flip or dihedral TTA); the ensemble
     probability is the mean of the models' probabilities
     (:func:`~priormim.training.seg.recipe.ensemble_probabilities`). Its post-processing (field
     of view of the first model, threshold and, when the first model used it, hysteresis) is
@@ -177,7 +177,7 @@ def evaluate_seed_ensemble(seed_dirs: Sequence[str | Path], val: Sequence[Any], 
     "per_image"}, "models"}``.
     """
     from priormim.models.seg import NormStats
-    from priormim.training.seg.inference import PostProcess, choose_postprocess, predict_logits
+    from priormim.training.seg.inference import PostProcess, choose_postprocess, predict_logits, tta_settings
     from priormim.training.seg.recipe import ensemble_probabilities
 
     if not seed_dirs:
@@ -192,7 +192,7 @@ def evaluate_seed_ensemble(seed_dirs: Sequence[str | Path], val: Sequence[Any], 
         for part, samples in (("val", val), ("test", test)):
             probs[part].append(predict_logits(model, [s.image for s in samples], img_size=None if size is None else int(size),
                                               norm=NormStats(**mc["norm"]), device=dev, window=mc.get("window"),
-                                              tta=bool(mc.get("tta"))))
+                                              **tta_settings(mc)))
     logits = {}
     for part in ("val", "test"):
         p = [np.clip(ensemble_probabilities([m[i] for m in probs[part]]), 1e-6, 1 - 1e-6) for i in range(len(probs[part][0]))]

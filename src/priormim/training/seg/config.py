@@ -123,6 +123,7 @@ class SegFinetuneConfig:
     augment_level: str = "basic"  # "basic" (resized crop, flips, small rotation, intensity) or "strong" (+ 90-degree rotations, elastic, blur)
     cldice_weight: float = 0.0  # weight of the soft-clDice term added to BCE + Dice
     tta: bool = False  # average the logits over the four flips at inference
+    tta_dihedral: bool = False  # average over all eight dihedral views (flips of the image and its transpose)
     hysteresis: bool = False  # pick a dual (low, high) threshold on val instead of a single cut
     ensemble: bool = False  # also score the seeds' mean probability (post-processing re-picked on val)
 

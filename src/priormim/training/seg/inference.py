@@ -129,16 +129,18 @@ def predict_logits(
     batch_size: int = 8,
     window: int | None = None,
     tta: bool = False,
+    tta_dihedral: bool = False,
 ) -> list[np.ndarray]:
     """Vessel logits at each image's original size.
 
     Each ``[H, W]`` image in [0, 1] is resized to ``img_size`` (bilinear; ``None``: native
     resolution, no resize), normalised, run through ``model`` (whole, or with ``window`` tile by
     tile, see :func:`sliding_window_logits`; ``tta``: averaged over the four flips, see
-    :func:`priormim.training.seg.recipe.flip_tta`); the logits are resized back to ``[H, W]``
+    :func:`priormim.training.seg.recipe.flip_tta`; ``tta_dihedral``: over the eight dihedral
+    views, see :func:`~priormim.training.seg.recipe.dihedral_tta`); the logits are resized back to ``[H, W]``
     (bilinear). Returns ``float32 [H, W]`` arrays (``> 0`` means vessel).
     """
-    from priormim.training.seg.recipe import flip_tta
+    from priormim.training.seg.recipe import dihedral_tta, flip_tta
 
     model.eval()
     device = torch.device(device)
@@ -154,13 +156,19 @@ def predict_logits(
                        for im in chunk])
         x = ((x - norm.mean) / norm.std).to(device)
         with _autocast(device):
-            logits = (flip_tta(run, x) if tta else run(x)).float().cpu()
+            logits = (dihedral_tta(run, x) if tta_dihedral else flip_tta(run, x) if tta else run(x)).float().cpu()
         if not bool(torch.isfinite(logits).all()):
             raise UserError("the model's outputs are NaN or infinite: training diverged (lower --lr) or the "
                             "weights are damaged; a DSC from them would be meaningless")
         for lg, im in zip(logits, chunk):
             out.append(F.interpolate(lg[None], size=im.shape, mode="bilinear", align_corners=False)[0, 0].numpy())
     return out
+
+
+def tta_settings(model_config: dict[str, Any]) -> dict[str, bool]:
+    """The test-time averaging a saved segmenter's ``config.json`` asks for, as keyword
+    arguments of :func:`predict_logits` (older configs have no ``tta_dihedral``: flips only)."""
+    return {"tta": bool(model_config.get("tta")), "tta_dihedral": bool(model_config.get("tta_dihedral"))}
 
 
 def predict_masks(
@@ -177,7 +185,7 @@ def predict_masks(
     bench report and the figures all use it."""
     size = model_config.get("img_size")
     logits = predict_logits(model, images, img_size=None if size is None else int(size), norm=NormStats(**model_config["norm"]),
-                            device=device, batch_size=batch_size, window=model_config.get("window"), tta=bool(model_config.get("tta")))
+                            device=device, batch_size=batch_size, window=model_config.get("window"), **tta_settings(model_config))
     post = PostProcess.from_config(model_config)
     return [post.apply(lg, im) for lg, im in zip(logits, images)]
 
@@ -203,12 +211,13 @@ def evaluate_samples(
     batch_size: int = 8,
     window: int | None = None,
     tta: bool = False,
+    tta_dihedral: bool = False,
     post: PostProcess = PostProcess(),
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Score ``model`` on ``samples`` at original resolution: ``(summary, per_image)`` as from
     :class:`priormim.evaluation.metrics.SegmentationMeter`."""
     logits = predict_logits(model, [s.image for s in samples], img_size=img_size, norm=norm, device=device, batch_size=batch_size,
-                            window=window, tta=tta)
+                            window=window, tta=tta, tta_dihedral=tta_dihedral)
     return score_masks([post.apply(lg, s.image) for lg, s in zip(logits, samples)], samples)
 
 

@@ -32,7 +32,7 @@ from priormim.training.loop import (
     run_epoch,
     save_last_checkpoint,
 )
-from priormim.training.seg.inference import PostProcess, evaluate_samples, pick_postprocess, val_dice
+from priormim.training.seg.inference import PostProcess, evaluate_samples, pick_postprocess, tta_settings, val_dice
 from priormim.training.seg.model_io import create_segmenter, load_segmenter, save_segmenter
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _eval_kwargs(cfg: SegFinetuneConfig, data: SegData, *, norm: NormStats, devi
                  model_config: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :func:`predict_logits` for validation and test scoring."""
     return dict(img_size=cfg.img_size, norm=norm, device=device, batch_size=max(min(cfg.batch_size, len(data.train)), 4),
-                window=model_config.get("window"), tta=bool(model_config.get("tta")))
+                window=model_config.get("window"), **tta_settings(model_config))
 
 
 def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path, *, resume: bool = False,
@@ -116,7 +116,7 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
     gen = _seed_everything(seed)
     model, model_config, norm = create_segmenter(cfg)
     norm = norm or compute_norm_stats([s.image for s in data.train])
-    model_config.update(norm=norm.to_dict(), method=cfg.label, tta=cfg.tta, hysteresis=cfg.hysteresis)
+    model_config.update(norm=norm.to_dict(), method=cfg.label, tta=cfg.tta, tta_dihedral=cfg.tta_dihedral, hysteresis=cfg.hysteresis)
     model.to(device)
 
     train_x, train_y = stack_native(data.train) if cfg.img_size is None else stack_resized(data.train, cfg.img_size)
@@ -129,7 +129,7 @@ def train_one_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Pa
     scheduler = make_scheduler(optimizer, total_steps=total, warmup_steps=min(cfg.warmup_epochs * steps_per_epoch, total // 5),
                                min_lr=cfg.min_lr, kind=cfg.schedule)
     # Epochs are compared without flip averaging (4x cheaper); the final choice and test use it.
-    eval_kw = {**_eval_kwargs(cfg, data, norm=norm, device=device, model_config=model_config), "tta": False}
+    eval_kw = {**_eval_kwargs(cfg, data, norm=norm, device=device, model_config=model_config), "tta": False, "tta_dihedral": False}
     # Epochs are compared at threshold 0.5 with the final field-of-view rule; the threshold
     # itself is picked once, for the best epoch (see finish_seed).
     val_post = PostProcess(threshold=0.5, fov=cfg.fov)
@@ -252,20 +252,21 @@ def finish_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path,
     return metrics
 
 
-# Settings that only change post-processing: --rescore may change them without retraining.
-POSTPROCESS_KEYS = ("fov", "threshold")
+# Settings that only change inference and post-processing: --rescore may change them without retraining.
+POSTPROCESS_KEYS = ("fov", "threshold", "tta", "tta_dihedral")
 
 
 def rescore_seed(cfg: SegFinetuneConfig, seed: int, data: SegData, run_dir: Path, *, device: torch.device) -> dict[str, Any]:
     """Re-pick the post-processing of a finished seed on the validation split and re-score the
     test split with the saved weights (no training): for a run made before a post-processing
-    option existed, or to try ``--fov`` / ``--threshold`` on a finished run."""
+    option existed, or to try ``--fov`` / ``--threshold`` / ``--tta-dihedral`` on a finished run."""
     old = read_metrics(run_dir / "metrics.json")
     changed = [k for k in _changed_settings(old.get("config") or {}, cfg) if k not in POSTPROCESS_KEYS]
     if changed:
         raise UserError(f"seed {seed} was trained with other settings ({', '.join(changed)}); --rescore only changes "
                         f"post-processing ({', '.join(POSTPROCESS_KEYS)}); use the same options or a new --out", run_dir / "metrics.json")
     model, model_config = load_segmenter(run_dir, device=device)
+    model_config.update(tta=cfg.tta, tta_dihedral=cfg.tta_dihedral)
     return finish_seed(cfg, seed, data, run_dir, model, model_config, norm=NormStats(**model_config["norm"]), device=device,
                        best_epoch=int(old["best_epoch"]), best_dice=float(old["best_val_dice"]), curve=list(old.get("val_curve", [])),
                        train_time_s=float(old.get("train_time_s", 0.0)))

@@ -7,7 +7,8 @@
   :class:`~priormim.training.seg.config.SegFinetuneConfig` from one.
 * :func:`hysteresis_mask`: dual-threshold post-processing (scikit-image's connected-component
   hysteresis, which is the fixed point of growing the strong seeds inside the weak mask).
-* :func:`flip_tta`: logits averaged over the four flips of the input.
+* :func:`flip_tta`: logits averaged over the four flips of the input; :func:`dihedral_tta`: over
+  all eight dihedral views (the four flips of the image and of its transpose).
 * :func:`ensemble_probabilities`: mean probability of several models (seed ensemble).
 * :func:`elastic_grid_offsets`: smooth random displacement fields for the paired augmentation.
 """
@@ -93,6 +94,14 @@ def flip_tta(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> 
     y = model(views).float()
     y0, yh, yv, yhv = y[:b], y[b : 2 * b].flip(-1), y[2 * b : 3 * b].flip(-2), y[3 * b :].flip(-1, -2)
     return (y0 + yh + yv + yhv) / 4
+
+
+def dihedral_tta(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Mean logits of ``model`` over the eight dihedral views of ``x [B, C, H, W]`` (the four
+    flips of ``x`` and of its transpose, each mapped back): the symmetry group of the square,
+    which the strong recipe's flips + 90-degree turns train the model to respect. Two batched
+    calls of ``4B`` images (the transposed views are ``W x H``)."""
+    return (flip_tta(model, x) + flip_tta(model, x.transpose(-1, -2)).transpose(-1, -2)) / 2
 
 
 def ensemble_probabilities(logits: Sequence[np.ndarray]) -> np.ndarray:
