@@ -155,7 +155,7 @@ def method_config(method: str, args: argparse.Namespace, train: Path, val: Path,
                              unet_base_channels=16, **common)
     encoder = {"vit_scratch": None, "vit_mae": args.encoder_mae, "vit_vasomim": args.encoder_vasomim}[method]
     if method != "vit_scratch" and encoder is None:
-        encoder = pretrain_encoder(method.split("_")[1], args)
+        encoder = pretrain_encoder(method.split("_")[1], args, seed=getattr(args, "pretrain_seed", 0))
     return recipe_config("strong", model="vit", label=LABELS[method], encoder=encoder, epochs=args.vit_epochs,
                          model_kwargs=dict(VIT_KWARGS) if encoder is None else {}, **common)
 
@@ -168,7 +168,7 @@ def run_method(method: str, args: argparse.Namespace) -> None:
             record_time(args, "sato", "all", time.perf_counter() - t)
         return
     if method in ("vit_mae", "vit_vasomim") and getattr(args, f"encoder_{method[4:]}") is None:
-        pretrain_encoder(method[4:], args)  # before the clock: fold times are fine-tuning alone
+        pretrain_encoder(method[4:], args, seed=getattr(args, "pretrain_seed", 0))  # before the clock: fold times are fine-tuning alone
     for k in args.folds:
         train, val, test = fold_folder(args, k)
         out = args.out / method_dir(method, args) / f"fold{k}"
@@ -314,6 +314,8 @@ def main() -> None:
     ap.add_argument("--encoder-vasomim", type=Path)
     ap.add_argument("--pretrain-pool", type=int, default=256, help="synthetic angiograms to pretrain vit_mae / vit_vasomim on")
     ap.add_argument("--pretrain-epochs", type=int, default=100)
+    ap.add_argument("--pretrain-seed", type=int, default=0,
+                    help="seed of the pretraining run vit_mae / vit_vasomim start from (the label curve pairs it with the fine-tuning seed)")
     ap.add_argument("--segmentor-epochs", type=int, default=10, help="VasoMIM's consistency segmentor (official: 200)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ensemble", action="store_true", help="also score each fold's seed ensemble (finetune seg --ensemble)")

@@ -8,7 +8,9 @@ fold's 26 training images, the same number of optimisation steps at every N, the
 validation and 8 test images; see ``dca1_cv.py``), skipping whatever is already finished, so the
 same command resumes. The full-data point (N = 26) is the plain cross-validation run in the same
 ``--out`` folder. ``vit_mae`` / ``vit_vasomim`` use the encoders ``dca1_cv.py`` pretrained on the
-synthetic pool in ``--out``; the pretraining budget is read from there and written under the table.
+synthetic pool in ``--out``, fine-tuning seed s starting from pretraining seed s
+(``dca1_cv.py --pretrain-seed``), so the spread over seeds includes pretraining's; the
+pretraining budget is read from there and written under the table.
 
 Writes ``<results>/label_curve.md`` (mean DSC over the scored test images and seeds, ± std over
 seeds, and each pretrained ViT minus ViT scratch with a 95 % bootstrap CI over images) and
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
             for method in args.methods:
                 cmd = [sys.executable, str(HERE / "dca1_cv.py"), "--out", str(args.out), "--data", str(args.data),
                        "--methods", method, "--seeds", str(seed), "--folds", *map(str, args.folds),
-                       "--threads", str(args.threads)]
+                       "--threads", str(args.threads), "--pretrain-seed", str(seed)]
                 if n != FULL_TRAIN:
                     cmd += ["--labels", str(n)]
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
