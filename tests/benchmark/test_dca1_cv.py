@@ -73,6 +73,21 @@ def test_label_subsets_keep_the_step_budget(tmp_path):
     assert all(n * c >= 26 * 4 for n, c in crops.items() if n)
 
 
+def test_label_curve_pairs_fine_tuning_and_pretraining_seeds(tmp_path, monkeypatch):
+    load_cv()
+    spec = importlib.util.spec_from_file_location("dca1_label_curve", ROOT / "benchmarks" / "dca1_label_curve.py")
+    lc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lc)
+    calls = []
+    monkeypatch.setattr(lc.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    args = type("A", (), {"out": tmp_path, "data": tmp_path, "sizes": [2, 26], "seeds": [0, 2], "methods": ["vit_mae"],
+                          "folds": [0], "threads": 1})()
+    lc.run(args)
+    got = [(c[c.index("--seeds") + 1], c[c.index("--pretrain-seed") + 1], c[c.index("--labels") + 1] if "--labels" in c else None)
+           for c in calls]
+    assert got == [("0", "0", "2"), ("2", "2", "2"), ("0", "0", None), ("2", "2", None)]
+
+
 def test_label_curve_table_and_figure_on_fake_runs(tmp_path):
     load_cv()
     spec = importlib.util.spec_from_file_location("dca1_label_curve", ROOT / "benchmarks" / "dca1_label_curve.py")
@@ -91,11 +106,16 @@ def test_label_curve_table_and_figure_on_fake_runs(tmp_path):
             write("vit_scratch", 4, seed, k, dice)
             write("vit_mae", 4, seed, k, dice + 0.1)
     write("vit_mae", 26, 0, 0, 0.8)  # fold 1 missing: not counted
+    # Sato is scored on all 40; the curve compares with it on its own test images only.
+    (tmp_path / "sato").mkdir()
+    sato_rows = [{"name": Path(x).stem, "dice": 0.7 if k < 2 else 0.1} for k, f in enumerate(folds) for x in f]
+    (tmp_path / "sato" / "metrics.json").write_text(json.dumps({"test": {"per_image": sato_rows}}))
     args = type("A", (), {"out": tmp_path, "results": tmp_path / "res", "methods": ["vit_scratch", "vit_mae"],
                           "sizes": [4, 26], "folds": [0, 1]})()
     text = lc.table(args)
     assert "| 4 | 0.550 ± 0.071 (2 seeds) | 0.650 ± 0.071 (2 seeds) | +0.100 [+0.100, +0.100] |" in text
     assert "| 26 | - | - | - |" in text
+    assert "on the same test images: 0.700 DSC" in text
     assert (tmp_path / "res" / "label_curve.png").stat().st_size > 1000
 
 
