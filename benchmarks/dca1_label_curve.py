@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/xca_dca1"))
     ap.add_argument("--results", type=Path, default=HERE / "results" / "dca1-labels")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(LABELS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=["unet", *METHODS])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16, FULL_TRAIN])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
