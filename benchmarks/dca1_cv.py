@@ -245,7 +245,8 @@ def table(args: argparse.Namespace) -> str:
             seed_means = [np.mean([by_seed[s][n]["dice"] for n in images]) for s in by_seed]
             # Training time per fold and seed (metrics.json, summed over resumed sessions), and the
             # whole call's wall time per fold (timing.json: + data, validation, TTA scoring) when uninterrupted.
-            train_t = [json.loads(m.read_text()).get("train_time_s") for m in (args.out / method).glob("fold*/seed*/metrics.json")]
+            train_t = [json.loads(m.read_text()).get("train_time_s") for m in (args.out / method).glob("fold*/seed*/metrics.json")
+                       if int(m.parent.name[4:]) in by_seed]  # the seeds in the row, not one still running
             train_t = [t for t in train_t if t]
             fold_t = [v for k, v in timing.get(method, {}).items() if k.startswith("fold")]
             wall = (f"train {np.mean(train_t) / 60:.0f} min" if train_t else "")
@@ -284,6 +285,8 @@ def prediction_figure(args: argparse.Namespace, *, per_fold: int = 1) -> Path | 
     from priormim.training.finetune_seg import baseline_mask, load_samples, load_segmenter, predict_masks
 
     methods = [m for m in LABELS if m != "sato" and (args.out / m / "fold0" / "seed0" / "model.safetensors").is_file()]
+    if "unet_d8" in methods and "unet" in methods:
+        methods.remove("unet")  # the same weights scored with four views instead of eight: near-identical panels
     rows = []
     for k in args.folds:
         _, _, test = fold_folder(args, k)
@@ -298,7 +301,8 @@ def prediction_figure(args: argparse.Namespace, *, per_fold: int = 1) -> Path | 
             rows.append(row)
     if not rows:
         return None
-    short = {"vesselness": "Sato (no training)", "unet": "U-Net (strong)", "unet_e30": "U-Net (30 epochs)",
+    short = {"vesselness": "Sato (no training)", "unet": "U-Net (strong)", "unet_d8": "U-Net (strong, 8-view TTA)",
+             "unet_e30": "U-Net (30 epochs)",
              "unet_default": "U-Net (default)", "vit_scratch": "ViT (scratch)", "vit_mae": "ViT (MAE)", "vit_vasomim": "ViT (VasoMIM)"}
     return predictions_figure(rows, ["vesselness", *methods], args.out / "cv_predictions.png", labels=short,
                               title="DCA1, one test angiogram per fold (seed 0): white hit, red false positive, blue missed")
