@@ -101,6 +101,14 @@ def fold_folder(args: argparse.Namespace, k: int) -> tuple[Path, Path, Path]:
     return root / "train", root / "val", root / "test"
 
 
+def fold_samples(folds_dir: Path, k: int, part: str) -> list:
+    """The decoded ``SegSample`` list of ``<folds_dir>/fold<k>/<part>`` (``part``: train, val or test)."""
+    from priormim.data.readers import read_segmentation_folder
+    from priormim.training.seg.data import load_samples
+
+    return load_samples(read_segmentation_folder(folds_dir / f"fold{k}" / part, check_sizes=False, check_binary=False))
+
+
 def pretrain_encoder(method: str, args: argparse.Namespace, seed: int = 0, extra: tuple[str, ...] = ()) -> Path:
     """``<out>/pretrain/<method>_e<epochs>[_s<seed>]/encoder.safetensors``, pretrained on the
     synthetic pool (resumable). The pool is the same for every seed; ``seed`` sets the

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -31,10 +33,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from priormim.data.readers import read_segmentation_folder
+    from dca1_cv import fold_samples
     from priormim.io import atomic_write_bytes
     from priormim.training.finetune_seg import evaluate_seed_ensemble
-    from priormim.training.seg.data import load_samples
 
     rows = []
     for k in range(5):
@@ -44,9 +45,8 @@ def main() -> None:
             sys.exit(f"{missing[0]}: not finished; run dca1_cv.py for it first")
         target = args.out / f"fold{k}" / "ensemble" / "metrics.json"
         if not target.is_file():
-            read = lambda part: load_samples(read_segmentation_folder(args.folds_dir / f"fold{k}" / part,  # noqa: E731
-                                                                      check_sizes=False, check_binary=False))
-            res = evaluate_seed_ensemble(runs, read("val"), read("test"), device="cpu")
+            res = evaluate_seed_ensemble(runs, fold_samples(args.folds_dir, k, "val"), fold_samples(args.folds_dir, k, "test"),
+                                         device="cpu")
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(target, json.dumps(res, indent=2).encode("utf-8"))
         res = json.loads(target.read_text())

@@ -15,7 +15,7 @@ threshold / hysteresis, collimator rule) and splits every wrong pixel into
 * **detached miss**: an annotated vessel farther than 2 px from the prediction (a lost branch).
 
 For each kind, the mean validation Dice if exactly those pixels were corrected (an oracle: the
-most any rule aimed at that kind could gain), in ``val_errors.md``; ``val_errors.png`` shows the
+most any rule aimed at that kind could gain), in ``val_errors_<method>.md``; ``val_errors_<method>.png`` shows the
 validation images with the most catheter-signature pixels, each kind in its own colour. Test
 images are never read, so the result may steer the recipe.
 """
@@ -74,8 +74,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from priormim.data.readers import read_segmentation_folder
-    from priormim.training.seg.data import load_samples
+    from dca1_cv import fold_samples
     from priormim.training.seg.inference import predict_masks
     from priormim.training.seg.model_io import load_segmenter
 
@@ -85,7 +84,7 @@ def main() -> None:
         if not (run / "metrics.json").is_file():
             sys.exit(f"{run}: not finished; run dca1_cv.py --methods {args.method} --seeds {args.seed} first")
         model, mc = load_segmenter(run)
-        val = load_samples(read_segmentation_folder(args.cv_out / "folds" / f"fold{k}" / "val", check_sizes=False, check_binary=False))
+        val = fold_samples(args.cv_out / "folds", k, "val")
         for s, pred in zip(val, predict_masks(model, [v.image for v in val], mc)):
             gt = s.mask.astype(bool)
             kinds = error_kinds(pred, gt)
@@ -105,14 +104,14 @@ def main() -> None:
               f"{THICK_PX:g} px deep in the prediction that reach the {BORDER_PX}-px image border (a subset of the detached ones)."]
     text = "\n".join(lines) + "\n"
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "val_errors.md").write_text(text)
+    (args.results / f"val_errors_{args.method}.md").write_text(text)
     # An image is a validation image of several folds (carved per fold): show each once.
     ranked = {r["name"]: r for r in sorted(rows, key=lambda r: r["kinds"]["catheter signature"].sum())}
-    figure(sorted(ranked.values(), key=lambda r: -r["kinds"]["catheter signature"].sum())[:6], args.results / "val_errors.png")
+    figure(sorted(ranked.values(), key=lambda r: -r["kinds"]["catheter signature"].sum())[:6], args.results / f"val_errors_{args.method}.png", args.method)
     print(text)
 
 
-def figure(rows: list[dict], path: Path) -> None:
+def figure(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,7 +135,7 @@ def figure(rows: list[dict], path: Path) -> None:
         a.set_yticks([])
     fig.legend(handles=[Patch(facecolor=c, edgecolor="grey", label=k) for k, c in colors.items()], loc="outside lower center",
                ncol=6, fontsize=7, frameon=False)
-    fig.suptitle("DCA1 validation images with the most catheter-signature pixels: what the segmenter gets wrong", fontsize=9)
+    fig.suptitle(f"DCA1 validation images with the most catheter-signature pixels: what {title} gets wrong", fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
