@@ -84,7 +84,7 @@ def add_seg_parser(finetune_subparsers: argparse._SubParsersAction) -> argparse.
     post.add_argument("--fov", choices=("collimator", "none"), default="collimator",
                       help="collimator (default): no vessel outside the X-ray field of view (flat regions touching the frame); none: keep all")
     post.add_argument("--threshold", type=float, default=None,
-                      help="probability threshold (default: picked on the validation split from 0.3 to 0.7)")
+                      help="probability threshold (default: picked on the validation split from 0.30 to 0.95)")
     post.add_argument("--tta", action="store_true", default=None, help="average the logits over the four flips (strong recipe: on)")
     post.add_argument("--tta-dihedral", action="store_true", default=None,
                       help="average the logits over the eight dihedral views: the four flips of the image and of its transpose "
