@@ -100,7 +100,8 @@ def table(args: argparse.Namespace) -> str:
         rows += ["", f"Sato vesselness (no labels, no training) on the same test images: {sato:.3f} DSC."]
     walls = [f"{LABELS[m]} N={n}: {timing[method_dir(m, n)][f'fold{k}'] / 60:.0f} min" for n in args.sizes for m in args.methods
              for k in args.folds[:1] if f"fold{k}" in timing.get(method_dir(m, n), {})]
-    rows += ["", f"Test images: the {8 * len(args.folds)} images of folds {args.folds}; DSC averaged over images, ± std over seeds.",
+    rows += ["", f"Test images: the {8 * len(args.folds)} images of fold(s) {', '.join(map(str, args.folds))}; DSC averaged over "
+             "images, ± std over seeds; CIs: 10,000 bootstrap resamples of the images (seed-averaged per image).",
              "Fine-tuning seed s of a pretrained ViT starts from pretraining seed s.",
              "Pretraining budget (dca1_cv.py defaults: 256 synthetic angiograms, 100 epochs, batch 64; wall time per run): "
              + (", ".join(f"{k}: {v / 60:.0f} min" for k, v in pre.items()) if pre else "not recorded") + ".",
@@ -145,7 +146,7 @@ def figure(curve: dict[str, list[tuple[int, float, float]]], args: argparse.Name
     ax.set_xscale("log", base=2)
     ax.set_xticks(args.sizes, [str(n) for n in args.sizes])
     ax.set_xlabel("labelled training images")
-    ax.set_ylabel(f"test DSC (DCA1, {'5-fold CV' if len(args.folds) == 5 else f'fold {args.folds}'})")
+    ax.set_ylabel(f"test DSC (DCA1, {'5-fold CV' if len(args.folds) == 5 else 'fold ' + ', '.join(map(str, args.folds))})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
