@@ -13,7 +13,7 @@ synthetic pool in ``--out``, fine-tuning seed s starting from pretraining seed s
 pretraining budget is read from there and written under the table.
 
 Writes ``<results>/label_curve.md`` (mean DSC over the scored test images and seeds, ± std over
-seeds, and each pretrained ViT minus ViT scratch with a 95 % bootstrap CI over images) and
+seeds, and each pretrained ViT minus ViT scratch, paired by seed, with a 95 % bootstrap CI over images) and
 ``<results>/label_curve.png``. ``--table-only`` rebuilds both from what is on disk.
 """
 
@@ -70,14 +70,13 @@ def table(args: argparse.Namespace) -> str:
     curve: dict[str, list[tuple[int, float, float]]] = {m: [] for m in args.methods}
     for n in args.sizes:
         by_method = {m: scores(args.out, m, n, args.folds) for m in args.methods}
-        cells, per_image = [], {}
+        cells = []
         for m in args.methods:
             s = by_method[m]
             if not s:
                 cells.append("-")
                 continue
             images = sorted(set.intersection(*(set(v) for v in s.values())))
-            per_image[m] = {i: np.mean([s[seed][i] for seed in s]) for i in images}
             seed_means = [np.mean([s[seed][i] for i in images]) for seed in s]
             spread = np.std(seed_means, ddof=1) if len(seed_means) > 1 else float("nan")
             curve[m].append((n, float(np.mean(seed_means)), float(spread)))
@@ -85,11 +84,13 @@ def table(args: argparse.Namespace) -> str:
         for m in args.methods:
             if m == "vit_scratch":
                 continue
-            if m in per_image and "vit_scratch" in per_image:
-                shared = sorted(set(per_image[m]) & set(per_image["vit_scratch"]))
-                d = np.array([per_image[m][i] - per_image["vit_scratch"][i] for i in shared])
+            a, b = by_method.get(m, {}), by_method.get("vit_scratch", {})
+            seeds = sorted(set(a) & set(b))  # paired by seed: the same fine-tuning seed (and pretraining seed)
+            if seeds:
+                shared = sorted(set.intersection(*(set(a[x]) & set(b[x]) for x in seeds)))
+                d = np.array([np.mean([a[x][i] - b[x][i] for x in seeds]) for i in shared])
                 lo, hi = bootstrap_ci(d)
-                cells.append(f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+                cells.append(f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]" + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else ""))
             else:
                 cells.append("-")
         rows.append(f"| {n} | " + " | ".join(cells) + " |")

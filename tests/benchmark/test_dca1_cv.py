@@ -106,14 +106,19 @@ def test_label_curve_table_and_figure_on_fake_runs(tmp_path):
             write("vit_scratch", 4, seed, k, dice)
             write("vit_mae", 4, seed, k, dice + 0.1)
     write("vit_mae", 26, 0, 0, 0.8)  # fold 1 missing: not counted
+    for k in (0, 1):  # MAE has seed 0 only: the difference pairs it with scratch's seed 0, not the 2-seed mean
+        write("vit_scratch", 8, 0, k, 0.5)
+        write("vit_scratch", 8, 1, k, 0.7)
+        write("vit_mae", 8, 0, k, 0.9)
     # Sato is scored on all 40; the curve compares with it on its own test images only.
     (tmp_path / "sato").mkdir()
     sato_rows = [{"name": Path(x).stem, "dice": 0.7 if k < 2 else 0.1} for k, f in enumerate(folds) for x in f]
     (tmp_path / "sato" / "metrics.json").write_text(json.dumps({"test": {"per_image": sato_rows}}))
     args = type("A", (), {"out": tmp_path, "results": tmp_path / "res", "methods": ["vit_scratch", "vit_mae"],
-                          "sizes": [4, 26], "folds": [0, 1]})()
+                          "sizes": [4, 8, 26], "folds": [0, 1]})()
     text = lc.table(args)
-    assert "| 4 | 0.550 ± 0.071 (2 seeds) | 0.650 ± 0.071 (2 seeds) | +0.100 [+0.100, +0.100] |" in text
+    assert "| 4 | 0.550 ± 0.071 (2 seeds) | 0.650 ± 0.071 (2 seeds) | +0.100 [+0.100, +0.100] (2 seeds) |" in text
+    assert "| 8 | 0.600 ± 0.141 (2 seeds) | 0.900 (1 seed) | +0.400 [+0.400, +0.400] |" in text
     assert "| 26 | - | - | - |" in text
     assert "on the same test images: 0.700 DSC" in text
     assert (tmp_path / "res" / "label_curve.png").stat().st_size > 1000
